@@ -1,0 +1,357 @@
+"""``ffrtmp-agent``: probe the host, register it, run and supervise N worker slots, heartbeat,
+and serve /health, /ready and /metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import shutil
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import click
+import psutil
+import redis
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Gauge, Info, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from ffrtmp import __version__
+from ffrtmp.durations import DURATION
+from ffrtmp.logs import setup_logging
+from ffrtmp.nodes import drain_key, write_heartbeat
+from ffrtmp.queues import slot_queues
+from ffrtmp.redisconn import connect, transport_retry
+
+from .context import ENV as CONTEXT_ENV
+from .context import dump_context
+from .pipeline import AgentContext
+from .probe import ProbeError, probe
+from .runner import read_json
+
+log = logging.getLogger("ffrtmp.agent")
+MIN_FREE_DISK_RATIO = 0.10
+
+
+@dataclass
+class AgentConfig:
+    redis_url: str
+    name: str
+    slots: int
+    live_slots: int
+    metrics_host: str
+    metrics_port: int
+    heartbeat_interval: float
+    drain_timeout: float
+    input_roots: list[str]
+    output_roots: list[str]
+    work_dir: str
+    ffmpeg: str = "ffmpeg"
+    ffprobe: str = "ffprobe"
+    log_level: str = "info"
+
+
+@dataclass
+class Slot:
+    index: int
+    name: str
+    queues: list[str]
+    proc: asyncio.subprocess.Process | None = None
+    restarts: int = 0
+    started: float = 0.0
+
+
+@dataclass
+class Agent:
+    cfg: AgentConfig
+    boot_id: str = field(default_factory=lambda: secrets.token_hex(3))
+    info: dict[str, Any] = field(default_factory=dict)
+    slots: list[Slot] = field(default_factory=list)
+    stopping: bool = False
+    conn: redis.Redis | None = None
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        self.g_slots = Gauge("ffrtmp_agent_slots", "Job slots on this agent", registry=r)
+        self.g_busy = Gauge("ffrtmp_agent_slots_busy", "Slots running a job", registry=r)
+        self.g_running = Gauge("ffrtmp_agent_runs_active", "FFmpeg runs alive on this host", registry=r)
+        self.g_encoder = Gauge("ffrtmp_agent_encoder_up", "1 if a test encode with this encoder passed",
+                               ["encoder"], registry=r)
+        self.g_hb = Gauge("ffrtmp_agent_last_heartbeat_timestamp_seconds", "Last heartbeat written",
+                          registry=r)
+        self.g_disk = Gauge("ffrtmp_agent_work_dir_free_ratio", "Free fraction of the work dir's disk",
+                            registry=r)
+        self.g_restarts = Gauge("ffrtmp_agent_slot_restarts", "Slot worker restarts since start", registry=r)
+        Info("ffrtmp_agent_build", "Agent version", registry=r).info({"version": __version__})
+
+    # --- probe and record ---------------------------------------------------------------
+    def context(self) -> AgentContext:
+        return AgentContext(
+            node=self.cfg.name,
+            input_roots=self.cfg.input_roots,
+            output_roots=self.cfg.output_roots,
+            work_dir=self.cfg.work_dir,
+            encoders=self.info["encoders"],
+            vaapi_device=self.info.get("vaapi_device"),
+            ffmpeg=self.cfg.ffmpeg,
+            ffprobe=self.cfg.ffprobe,
+        )
+
+    def active_runs(self) -> list[dict[str, Any]]:
+        runs_dir = os.path.join(self.cfg.work_dir, "runs")
+        out = []
+        with contextlib.suppress(FileNotFoundError):
+            for job_id in os.listdir(runs_dir):
+                jdir = os.path.join(runs_dir, job_id)
+                for attempt in os.listdir(jdir):
+                    rdir = os.path.join(jdir, attempt)
+                    if os.path.exists(os.path.join(rdir, "exit.json")):
+                        continue
+                    started = read_json(os.path.join(rdir, "started.json"))
+                    if started and psutil.pid_exists(int(started["runner_pid"])):
+                        out.append({"job": job_id, "attempt": int(attempt), "ffmpeg_pid": started["ffmpeg_pid"]})
+        return out
+
+    def disk_free_ratio(self) -> float:
+        usage = shutil.disk_usage(self.cfg.work_dir)
+        return usage.free / usage.total if usage.total else 0.0
+
+    def busy_slots(self) -> int:
+        assert self.conn is not None
+        with self.conn.pipeline() as pipe:
+            for s in self.slots:
+                pipe.hget(f"rq:worker:{s.name}", "state")
+            states = pipe.execute()
+        return sum(1 for st in states if st in (b"busy", "busy"))
+
+    def record(self) -> dict[str, Any]:
+        runs = self.active_runs()
+        load1, _, _ = os.getloadavg()
+        return {
+            "name": self.cfg.name,
+            "version": __version__,
+            "boot_id": self.boot_id,
+            "hostname": socket.gethostname(),
+            "slots": self.cfg.slots,
+            "live_slots": self.cfg.live_slots,
+            "slots_busy": self.busy_slots(),
+            "slot_queues": {s.name: s.queues for s in self.slots},
+            "capabilities": self.info["capabilities"],
+            "cpu_codecs": self.info["cpu_codecs"],
+            "encoders": self.info["encoders"],
+            "encoder_failures": self.info["encoder_failures"],
+            "gpus": self.info["gpus"],
+            "dri_render_nodes": self.info["dri_render_nodes"],
+            "ffmpeg_version": self.info["ffmpeg_version"],
+            "cpu_threads": self.info["cpu_threads"],
+            "memory_bytes": self.info["memory_bytes"],
+            "load1": load1,
+            "cpu_percent": psutil.cpu_percent(interval=None),
+            "memory_percent": psutil.virtual_memory().percent,
+            "disk_free_ratio": round(self.disk_free_ratio(), 4),
+            "running": runs,
+            "draining": self.stopping,
+            "metrics_port": self.cfg.metrics_port,
+            "started_at": self.info.get("started_at"),
+        }
+
+    @transport_retry()
+    def heartbeat(self, **extra: Any) -> None:
+        assert self.conn is not None
+        rec = self.record()
+        rec.update(extra)
+        write_heartbeat(self.conn, rec)
+        self.g_hb.set(time.time())
+        self.g_busy.set(rec["slots_busy"])
+        self.g_running.set(len(rec["running"]))
+        self.g_disk.set(rec["disk_free_ratio"])
+
+    # --- slots --------------------------------------------------------------------------
+    def plan_slots(self) -> None:
+        caps = self.info["capabilities"]
+        for i in range(self.cfg.slots):
+            live_only = i < self.cfg.live_slots
+            self.slots.append(Slot(i, f"{self.cfg.name}.s{i}.{self.boot_id}", slot_queues(caps, live_only)))
+
+    async def start_slot(self, slot: Slot) -> None:
+        env = dict(os.environ)
+        env.update({
+            "FFRTMP_SLOT_NAME": slot.name,
+            "FFRTMP_SLOT_QUEUES": ",".join(slot.queues),
+            "FFRTMP_REDIS_URL": self.cfg.redis_url,
+            "FFRTMP_WORKER_TTL": str(max(5, int(self.cfg.heartbeat_interval))),
+            "FFRTMP_JOB_MONITORING_INTERVAL": str(max(2, int(self.cfg.heartbeat_interval))),
+            "FFRTMP_WITH_SCHEDULER": "1" if slot.index == 0 else "0",
+            "FFRTMP_LOG_LEVEL": self.cfg.log_level,
+            CONTEXT_ENV: dump_context(self.context()),
+        })
+        slot.proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "agent.slot", env=env)
+        slot.started = time.monotonic()
+        log.info("started slot %s (pid %s)", slot.name, slot.proc.pid)
+
+    async def supervise_slot(self, slot: Slot) -> None:
+        while not self.stopping:
+            await self.start_slot(slot)
+            assert slot.proc is not None
+            rc = await slot.proc.wait()
+            if self.stopping:
+                return
+            slot.restarts = slot.restarts + 1 if time.monotonic() - slot.started < 60 else 1
+            self.g_restarts.inc()
+            delay = min(30.0, 2.0 ** (slot.restarts - 1))
+            log.warning("slot %s exited with %s; restarting in %.0fs", slot.name, rc, delay)
+            await asyncio.sleep(delay)
+
+    async def stop_slots(self) -> None:
+        """Warm shutdown: idle slots stop at once, busy ones finish their job (bounded by the
+        drain timeout). A second SIGTERM after the timeout is RQ's cold shutdown: it kills the
+        horse, while FFmpeg's own supervisor keeps running in its own session."""
+        procs = [s.proc for s in self.slots if s.proc and s.proc.returncode is None]
+        for p in procs:
+            with contextlib.suppress(ProcessLookupError):
+                p.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(asyncio.gather(*(p.wait() for p in procs)), self.cfg.drain_timeout)
+        except TimeoutError:
+            log.warning("drain timeout (%.0fs) reached with jobs still running", self.cfg.drain_timeout)
+            await asyncio.sleep(1.5)  # RQ ignores a second SIGTERM within 1 s
+            for p in procs:
+                if p.returncode is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        p.send_signal(signal.SIGTERM)
+            await asyncio.gather(*(p.wait() for p in procs))
+
+    # --- http ---------------------------------------------------------------------------
+    async def h_health(self, _req: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "node": self.cfg.name, "version": __version__})
+
+    async def h_ready(self, _req: web.Request) -> web.Response:
+        problems = []
+        if not shutil.which(self.cfg.ffmpeg):
+            problems.append("ffmpeg not found")
+        ratio = self.disk_free_ratio()
+        if ratio < MIN_FREE_DISK_RATIO:
+            problems.append(f"work dir disk only {ratio:.1%} free (< {MIN_FREE_DISK_RATIO:.0%})")
+        try:
+            assert self.conn is not None
+            await asyncio.to_thread(self.conn.ping)
+        except (redis.RedisError, OSError) as exc:
+            problems.append(f"redis unreachable: {exc}")
+        if self.stopping:
+            problems.append("draining")
+        alive = sum(1 for s in self.slots if s.proc and s.proc.returncode is None)
+        if alive < len(self.slots):
+            problems.append(f"{len(self.slots) - alive} slot(s) not running")
+        body = {"ready": not problems, "problems": problems, "node": self.cfg.name}
+        return web.json_response(body, status=200 if not problems else 503)
+
+    async def h_metrics(self, _req: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(self.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    # --- main ---------------------------------------------------------------------------
+    async def run(self) -> int:
+        cfg = self.cfg
+        for d in [cfg.work_dir, *cfg.input_roots, *cfg.output_roots]:
+            os.makedirs(d, exist_ok=True)
+        try:
+            self.info = await asyncio.to_thread(probe, cfg.ffmpeg, cfg.ffprobe)
+        except ProbeError as exc:
+            log.error("%s", exc)
+            return 2
+        self.info["started_at"] = time.time()
+        for enc, ok in self.info["encoders"].items():
+            self.g_encoder.labels(enc).set(1 if ok else 0)
+        self.g_slots.set(cfg.slots)
+        log.info("probe: capabilities=%s cpu_codecs=%s", self.info["capabilities"], self.info["cpu_codecs"],
+                 extra={"node": cfg.name})
+        self.conn = connect(cfg.redis_url, socket_timeout=10)
+        self.plan_slots()
+        await asyncio.to_thread(self.heartbeat)
+
+        app = web.Application()
+        app.router.add_get("/health", self.h_health)
+        app.router.add_get("/ready", self.h_ready)
+        app.router.add_get("/metrics", self.h_metrics)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, cfg.metrics_host, cfg.metrics_port).start()
+
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        supervisors = [asyncio.create_task(self.supervise_slot(s)) for s in self.slots]
+        log.info("agent %s up: %d slots, metrics on :%d", cfg.name, cfg.slots, cfg.metrics_port)
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), cfg.heartbeat_interval)
+            if stop.is_set():
+                break
+            try:
+                await asyncio.to_thread(self.heartbeat)
+                drained = await asyncio.to_thread(self.conn.exists, drain_key(cfg.name))
+                if drained:
+                    log.info("node is marked draining")
+            except (redis.RedisError, OSError) as exc:
+                log.error("heartbeat failed after retries: %s", exc)
+        log.info("stopping: no new jobs; waiting up to %.0fs for running jobs", cfg.drain_timeout)
+        self.stopping = True
+        with contextlib.suppress(redis.RedisError, OSError):
+            await asyncio.to_thread(self.heartbeat)
+        await self.stop_slots()
+        for t in supervisors:
+            t.cancel()
+        with contextlib.suppress(redis.RedisError, OSError):
+            await asyncio.to_thread(self.heartbeat, stopped=True)
+        await runner.cleanup()
+        log.info("agent stopped")
+        return 0
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--redis-url", envvar="FFRTMP_REDIS_URL", default="redis://127.0.0.1:6379/0", show_default=True)
+@click.option("--name", envvar="FFRTMP_NODE_NAME", default=socket.gethostname, show_default="host name")
+@click.option("--slots", envvar="FFRTMP_SLOTS", type=click.IntRange(1, 256), default=2, show_default=True)
+@click.option("--live-slots", envvar="FFRTMP_LIVE_SLOTS", type=click.IntRange(0, 256), default=None,
+              help="Slots that take live.* work only [default: 1 when --slots > 1, else 0]")
+@click.option("--metrics-host", envvar="FFRTMP_METRICS_HOST", default="0.0.0.0", show_default=True)
+@click.option("--metrics-port", envvar="FFRTMP_METRICS_PORT", type=click.IntRange(0, 65535), default=9091,
+              show_default=True)
+@click.option("--heartbeat-interval", envvar="FFRTMP_HEARTBEAT_INTERVAL", type=DURATION, default="30s",
+              show_default=True)
+@click.option("--drain-timeout", envvar="FFRTMP_DRAIN_TIMEOUT", type=DURATION, default="1h", show_default=True)
+@click.option("--input-root", "input_roots", envvar="FFRTMP_INPUT_ROOTS", multiple=True,
+              type=click.Path(file_okay=False), help="Directory inputs may come from (repeatable)")
+@click.option("--output-root", "output_roots", envvar="FFRTMP_OUTPUT_ROOTS", multiple=True,
+              type=click.Path(file_okay=False), help="Directory outputs go to (repeatable; first is default)")
+@click.option("--work-dir", envvar="FFRTMP_WORK_DIR", default="/var/lib/ffrtmp/agent", show_default=True,
+              type=click.Path(file_okay=False))
+@click.option("--ffmpeg", envvar="FFRTMP_FFMPEG", default="ffmpeg", show_default=True)
+@click.option("--ffprobe", envvar="FFRTMP_FFPROBE", default="ffprobe", show_default=True)
+@click.option("--log-level", envvar="FFRTMP_LOG_LEVEL", default="info", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"]))
+def main(**kw: Any) -> None:
+    """Run an ffrtmp agent on this host."""
+    setup_logging("agent", kw["log_level"])
+    if kw["live_slots"] is None:
+        kw["live_slots"] = 1 if kw["slots"] > 1 else 0
+    if kw["live_slots"] > kw["slots"]:
+        raise click.BadParameter("cannot exceed --slots", param_hint="--live-slots")
+    work = os.path.abspath(kw["work_dir"])
+    kw["input_roots"] = [os.path.abspath(p) for p in kw["input_roots"]] or [os.path.join(work, "inputs")]
+    kw["output_roots"] = [os.path.abspath(p) for p in kw["output_roots"]] or [os.path.join(work, "outputs")]
+    kw["work_dir"] = work
+    cfg = AgentConfig(**kw)
+    sys.exit(asyncio.run(Agent(cfg).run()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,300 @@
+"""Expand a validated job into an FFmpeg argv list (never a shell string).
+
+Local paths are resolved under the agent's configured roots (symlinks included) and handed to
+FFmpeg with the ``file:`` protocol prefix, so a name can never be read as another protocol.
+Outputs go to a temporary name beside the final one; the task renames on verified success.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ffrtmp.model import JobSpec, is_url, parse_bitrate_kbps, parse_resolution
+from ffrtmp.presets import CPU_ENCODERS, DEFAULT_EXT, HW_ENCODER_NAMES, HW_FAMILIES, PRESETS, Preset
+
+
+class PlanError(Exception):
+    """The job cannot run as asked. ``platform`` says whether it is this node's fault."""
+
+    def __init__(self, reason: str, message: str, *, platform: bool = False) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+        self.platform = platform
+
+
+@dataclass
+class AgentContext:
+    node: str
+    input_roots: list[str]
+    output_roots: list[str]
+    work_dir: str
+    encoders: dict[str, bool] = field(default_factory=dict)  # ffmpeg encoder name -> proven working
+    vaapi_device: str | None = None
+    ffmpeg: str = "ffmpeg"
+    ffprobe: str = "ffprobe"
+
+
+@dataclass
+class Plan:
+    argv: list[str]
+    kind: str  # file | hls | stream
+    encoder: str
+    width: int
+    height: int
+    fps: float
+    codec: str
+    duration: float | None  # seconds the output should last, when known
+    final_output: str  # path or URL
+    tmp_output: str | None  # path FFmpeg writes; None for streams
+    input_desc: str
+
+
+_NVENC_PRESETS = {
+    "ultrafast": "p1",
+    "superfast": "p2",
+    "veryfast": "p3",
+    "faster": "p4",
+    "fast": "p4",
+    "medium": "p5",
+    "slow": "p6",
+    "slower": "p7",
+    "veryslow": "p7",
+}
+_SPEED_0_TO_8 = {  # x264 preset -> libvpx cpu-used / libaom cpu-used
+    "ultrafast": 8,
+    "superfast": 8,
+    "veryfast": 7,
+    "faster": 6,
+    "fast": 5,
+    "medium": 4,
+    "slow": 3,
+    "slower": 2,
+    "veryslow": 1,
+}
+_SVT_PRESETS = {
+    "ultrafast": 12,
+    "superfast": 11,
+    "veryfast": 10,
+    "faster": 9,
+    "fast": 8,
+    "medium": 7,
+    "slow": 5,
+    "slower": 4,
+    "veryslow": 3,
+}
+PROBE_CODEC_NAMES = {"h264": "h264", "h265": "hevc", "vp9": "vp9", "av1": "av1"}
+
+
+def _under(path: str, roots: list[str]) -> str | None:
+    real = os.path.realpath(path)
+    for root in roots:
+        rroot = os.path.realpath(root)
+        if real == rroot or real.startswith(rroot.rstrip("/") + "/"):
+            return real
+    return None
+
+
+def resolve_input(value: str, ctx: AgentContext) -> str:
+    roots = [r for r in ctx.input_roots if os.path.isdir(r)]
+    if not roots:
+        raise PlanError("input_root_missing", f"no input root is mounted on {ctx.node}", platform=True)
+    candidates = [value] if value.startswith("/") else [os.path.join(r, value) for r in roots]
+    for cand in candidates:
+        real = _under(cand, roots)
+        if real is None:
+            if value.startswith("/"):
+                raise PlanError("input_outside_roots", f"input {value} is not under an input root")
+            continue
+        if os.path.isfile(real):
+            return real
+    raise PlanError("input_not_found", f"input {value} does not exist under the input roots")
+
+
+def resolve_output(value: str | None, default_name: str, ctx: AgentContext) -> str:
+    if not ctx.output_roots:
+        raise PlanError("output_root_missing", f"no output root is configured on {ctx.node}", platform=True)
+    root = ctx.output_roots[0]
+    if not os.path.isdir(root):
+        raise PlanError("output_root_missing", f"output root {root} is not mounted on {ctx.node}", platform=True)
+    path = value if value and value.startswith("/") else os.path.join(root, value or default_name)
+    parent = os.path.dirname(path.rstrip("/")) or "/"
+    # the parent may not exist yet: check the deepest existing ancestor, then create inside a root
+    probe = parent
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if _under(probe, ctx.output_roots) is None:
+        raise PlanError("output_outside_roots", f"output {value} is not under an output root")
+    os.makedirs(parent, exist_ok=True)
+    if _under(parent, ctx.output_roots) is None:
+        raise PlanError("output_outside_roots", f"output {value} is not under an output root")
+    final = os.path.join(os.path.realpath(parent), os.path.basename(path.rstrip("/")))
+    if os.path.islink(final):
+        raise PlanError("output_is_symlink", f"output {value} is a symbolic link; refusing to replace it")
+    return final
+
+
+def pick_encoder(codec: str, hwaccel: str, ctx: AgentContext) -> tuple[str, str]:
+    """(ffmpeg encoder name, family) for this job on this node."""
+    if hwaccel in HW_FAMILIES:
+        name = HW_ENCODER_NAMES.get((hwaccel, codec))
+        if not name or not ctx.encoders.get(name):
+            raise PlanError(
+                "encoder_unavailable", f"encoder {name or codec + '/' + hwaccel} is not working on {ctx.node}",
+                platform=True,
+            )
+        return name, hwaccel
+    if hwaccel == "auto":
+        for fam in HW_FAMILIES:
+            name = HW_ENCODER_NAMES.get((fam, codec))
+            if name and ctx.encoders.get(name):
+                return name, fam
+    for name in CPU_ENCODERS[codec]:
+        if ctx.encoders.get(name):
+            return name, "cpu"
+    raise PlanError("encoder_unavailable", f"no working {codec} encoder on {ctx.node}", platform=True)
+
+
+def _video_args(encoder: str, family: str, kbps: int, preset: str, fps: float, realtime: bool) -> list[str]:
+    b = f"{kbps}k"
+    gop = str(max(1, round(fps * 2)))
+    rate = ["-b:v", b, "-maxrate", b, "-bufsize", f"{kbps * 2}k"]
+    if encoder == "libx264":
+        args = ["-c:v", "libx264", "-preset", preset, *rate, "-g", gop, "-pix_fmt", "yuv420p"]
+        return args + (["-tune", "zerolatency"] if realtime else [])
+    if encoder == "libx265":
+        return ["-c:v", "libx265", "-preset", preset, *rate, "-g", gop, "-pix_fmt", "yuv420p",
+                "-x265-params", "log-level=error"]
+    if encoder == "libvpx-vp9":
+        deadline = "realtime" if _SPEED_0_TO_8[preset] >= 7 else "good"
+        return ["-c:v", "libvpx-vp9", "-b:v", b, "-deadline", deadline, "-cpu-used",
+                str(_SPEED_0_TO_8[preset]), "-row-mt", "1", "-g", gop, "-pix_fmt", "yuv420p"]
+    if encoder == "libsvtav1":
+        return ["-c:v", "libsvtav1", "-preset", str(_SVT_PRESETS[preset]), "-b:v", b, "-g", gop,
+                "-pix_fmt", "yuv420p"]
+    if encoder == "libaom-av1":
+        return ["-c:v", "libaom-av1", "-cpu-used", str(_SPEED_0_TO_8[preset]), "-row-mt", "1",
+                "-b:v", b, "-g", gop, "-pix_fmt", "yuv420p"]
+    if family == "nvenc":
+        return ["-c:v", encoder, "-preset", _NVENC_PRESETS[preset], *rate, "-g", gop] + (
+            ["-tune", "ll"] if realtime else [])
+    if family == "qsv":
+        qp = preset if preset not in ("ultrafast", "superfast") else "veryfast"
+        return ["-c:v", encoder, "-preset", qp, *rate, "-g", gop]
+    # vaapi
+    return ["-c:v", encoder, *rate, "-g", gop]
+
+
+def _scale_filter(w: int, h: int, family: str, fit: bool) -> str:
+    chain = []
+    if fit:
+        chain.append(f"scale={w}:{h}:force_original_aspect_ratio=decrease")
+        chain.append(f"pad={w}:{h}:(ow-iw)/2:(oh-ih)/2")
+        chain.append("setsar=1")
+    if family in ("vaapi", "qsv"):
+        chain.append("format=nv12")
+        chain.append("hwupload" if family == "vaapi" else "hwupload=extra_hw_frames=64")
+    elif not chain:
+        return ""
+    return ",".join(chain)
+
+
+def _tmp_name(final: str, job_id: str, attempt: int) -> str:
+    d, base = os.path.split(final)
+    stem, ext = posixpath.splitext(base)
+    return os.path.join(d, f".{stem}.{job_id}-a{attempt}.part{ext}")
+
+
+def build_plan(spec: JobSpec, job_id: str, attempt: int, ctx: AgentContext) -> Plan:
+    preset: Preset = PRESETS[spec.scenario]
+    codec = spec.codec or preset.codec
+    width, height = parse_resolution(spec.resolution) if spec.resolution else (preset.width, preset.height)
+    fps = spec.fps or preset.fps
+    kbps = parse_bitrate_kbps(spec.bitrate) if spec.bitrate else preset.bitrate_kbps
+    speed = spec.preset or preset.preset
+    encoder, family = pick_encoder(codec, spec.hwaccel, ctx)
+
+    argv = [ctx.ffmpeg, "-hide_banner", "-nostdin", "-nostats", "-loglevel", "warning",
+            "-progress", "pipe:1", "-stats_period", "0.5", "-y"]
+    if family == "vaapi":
+        argv += ["-vaapi_device", ctx.vaapi_device or "/dev/dri/renderD128"]
+    if family == "qsv":
+        argv += ["-init_hw_device", "qsv=hw", "-filter_hw_device", "hw"]
+
+    duration = spec.duration
+    realtime = preset.realtime
+    top_w, top_h = (preset.ladder[0][0], preset.ladder[0][1]) if preset.kind == "hls" and not spec.resolution \
+        else (width, height)
+    if spec.input is None:
+        duration = duration or preset.default_duration
+        re_flag = ["-re"] if realtime else []
+        argv += [*re_flag, "-f", "lavfi", "-i", f"testsrc2=size={top_w}x{top_h}:rate={fps:g}",
+                 *re_flag, "-f", "lavfi", "-i", "sine=frequency=1000:sample_rate=48000"]
+        input_desc = "lavfi:testsrc2+sine"
+        fit = False
+        audio_map = ["-map", "0:v:0", "-map", "1:a:0"]
+    elif is_url(spec.input):
+        if spec.input.startswith(("http://", "https://")):
+            argv += ["-rw_timeout", "15000000"]
+        argv += ["-i", spec.input]
+        input_desc = spec.input
+        fit = True
+        audio_map = ["-map", "0:v:0", "-map", "0:a:0?"]
+    else:
+        path = resolve_input(spec.input, ctx)
+        argv += (["-re"] if realtime else []) + ["-i", "file:" + path]
+        input_desc = path
+        fit = True
+        audio_map = ["-map", "0:v:0", "-map", "0:a:0?"]
+    t_args = ["-t", f"{duration:g}"] if duration else []
+
+    if preset.kind == "hls":
+        rungs = preset.ladder if not spec.resolution else ((width, height, kbps),)
+        final = resolve_output(spec.output, job_id, ctx)
+        tmp = _tmp_name(final, job_id, attempt)
+        n = len(rungs)
+        parts = ["[0:v]split=" + str(n) + "".join(f"[s{i}]" for i in range(n))]
+        for i, (w, h, _k) in enumerate(rungs):
+            f = _scale_filter(w, h, family, True)
+            parts.append(f"[s{i}]{f}[v{i}]")
+        argv += ["-filter_complex", ";".join(parts)]
+        audio_src = "1:a:0" if spec.input is None else "0:a:0?"
+        for i, (w, h, k) in enumerate(rungs):
+            per_stream = {"-c:v": f"-c:v:{i}", "-b:v": f"-b:v:{i}", "-maxrate": f"-maxrate:v:{i}",
+                          "-bufsize": f"-bufsize:v:{i}"}
+            venc = _video_args(encoder, family, k, speed, fps, realtime)
+            argv += ["-map", f"[v{i}]", *(per_stream.get(a, a) for a in venc)]
+        for _ in rungs:
+            argv += ["-map", audio_src]
+        argv += ["-c:a", "aac", "-b:a", "128k", "-ac", "2", "-ar", "48000", "-r", f"{fps:g}", *t_args,
+                 "-f", "hls", "-hls_time", "4", "-hls_playlist_type", "vod", "-hls_flags", "independent_segments",
+                 "-hls_segment_filename", os.path.join(tmp, "v%v", "seg_%05d.ts"),
+                 "-master_pl_name", "master.m3u8",
+                 "-var_stream_map", " ".join(f"v:{i},a:{i}" for i in range(n)),
+                 os.path.join(tmp, "v%v", "index.m3u8")]
+        return Plan(argv, "hls", encoder, rungs[0][0], rungs[0][1], fps, codec, duration, final, tmp, input_desc)
+
+    vf = _scale_filter(width, height, family, fit)
+    argv += audio_map
+    if vf:
+        argv += ["-vf", vf]
+    argv += ["-r", f"{fps:g}"]
+    argv += _video_args(encoder, family, kbps, speed, fps, realtime)
+    out = spec.output
+    if out is not None and is_url(out):
+        argv += ["-c:a", "aac", "-b:a", "128k", "-ac", "2", "-ar", "48000", *t_args, "-f", "flv", out]
+        return Plan(argv, "stream", encoder, width, height, fps, codec, duration, out, None, input_desc)
+    ext = DEFAULT_EXT[codec] if preset.realtime is False else ".ts"
+    final = resolve_output(out, job_id + ext, ctx)
+    ext = posixpath.splitext(final)[1].lower()
+    audio = ["-c:a", "libopus", "-b:a", "128k"] if ext == ".webm" else \
+        ["-c:a", "aac", "-b:a", "128k", "-ac", "2", "-ar", "48000"]
+    extra = ["-movflags", "+faststart"] if ext in (".mp4", ".mov") else []
+    if codec == "h265" and ext in (".mp4", ".mov"):
+        extra += ["-tag:v", "hvc1"]
+    tmp = _tmp_name(final, job_id, attempt)
+    argv += [*audio, *t_args, *extra, "file:" + tmp]
+    return Plan(argv, "file", encoder, width, height, fps, codec, duration, final, tmp, input_desc)

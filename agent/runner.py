@@ -1,0 +1,187 @@
+"""The per-run supervisor: one per attempt, owning ``<work>/runs/<job>/<attempt>/``.
+
+It is started detached from the RQ horse (double fork, own session), so the workload belongs
+to the OS rather than to the agent: the horse only watches the run directory and mirrors what it
+finds into Redis. Files it writes:
+
+- ``started.json``  {"runner_pid", "ffmpeg_pid", "time"} once FFmpeg is running
+- ``progress.json`` the last ``-progress`` block, parsed (replaced atomically)
+- ``stderr.log``    FFmpeg's stderr (capped), ``stderr.tail`` its last lines at exit
+- ``exit.json``     {"returncode", "signal", "time"} when FFmpeg has exited
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from typing import Any
+
+STDERR_CAP_BYTES = 4 * 1024 * 1024
+TAIL_LINES = 40
+
+
+def write_json_atomic(path: str, data: dict[str, Any]) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as fh:
+        json.dump(data, fh, separators=(",", ":"))
+    os.replace(tmp, path)
+
+
+def read_json(path: str) -> dict[str, Any] | None:
+    try:
+        with open(path) as fh:
+            return json.load(fh)
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def _num(value: str | None) -> float | None:
+    if value is None:
+        return None
+    value = value.strip().rstrip("x")
+    if value in ("", "N/A"):
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        return None
+
+
+def parse_progress_block(block: dict[str, str]) -> dict[str, Any]:
+    """Turn one ``-progress`` key=value block into typed fields."""
+    out_us = _num(block.get("out_time_us")) or _num(block.get("out_time_ms"))  # both are µs in ffmpeg
+    bitrate = block.get("bitrate", "").strip()
+    kbps = _num(bitrate.removesuffix("kbits/s")) if bitrate.endswith("kbits/s") else None
+    return {
+        "frame": int(_num(block.get("frame")) or 0),
+        "fps": _num(block.get("fps")),
+        "bitrate_kbps": kbps,
+        "total_size": int(_num(block.get("total_size")) or 0),
+        "out_time_s": round(out_us / 1e6, 3) if out_us is not None and out_us >= 0 else None,
+        "speed": _num(block.get("speed")),
+        "state": block.get("progress", "continue"),
+    }
+
+
+def with_percent(progress: dict[str, Any], duration: float | None) -> dict[str, Any]:
+    """Add percent and ETA where the expected duration is known."""
+    out = dict(progress)
+    t = progress.get("out_time_s")
+    if duration and t is not None:
+        pct = max(0.0, min(100.0, 100.0 * t / duration))
+        out["percent"] = round(pct, 1)
+        speed = progress.get("speed")
+        if speed and speed > 0 and progress.get("state") != "end":
+            out["eta_s"] = round(max(0.0, duration - t) / speed, 1)
+        elif progress.get("state") == "end":
+            out["percent"] = 100.0
+            out["eta_s"] = 0.0
+    return out
+
+
+def _pump_stderr(stream: Any, run_dir: str, tail: deque[str]) -> None:
+    written = 0
+    with open(os.path.join(run_dir, "stderr.log"), "wb") as log:
+        for raw in iter(stream.readline, b""):
+            tail.append(raw.decode("utf-8", "replace").rstrip("\n"))
+            if written < STDERR_CAP_BYTES:
+                log.write(raw)
+                log.flush()
+                written += len(raw)
+
+
+def supervise(run_dir: str, argv: list[str], env: dict[str, str] | None = None) -> int:
+    """Run FFmpeg, keep the run directory current, return its exit code. SIGTERM/SIGINT to this
+    process are forwarded to FFmpeg (which then finalizes its output)."""
+    proc = subprocess.Popen(
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        close_fds=True,
+        env=env,
+    )
+
+    def forward(signum: int, _frame: Any) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    write_json_atomic(
+        os.path.join(run_dir, "started.json"),
+        {"runner_pid": os.getpid(), "ffmpeg_pid": proc.pid, "time": time.time()},
+    )
+    tail: deque[str] = deque(maxlen=TAIL_LINES)
+    t = threading.Thread(target=_pump_stderr, args=(proc.stderr, run_dir, tail), daemon=True)
+    t.start()
+    block: dict[str, str] = {}
+    progress_path = os.path.join(run_dir, "progress.json")
+    assert proc.stdout is not None
+    for raw in iter(proc.stdout.readline, b""):
+        line = raw.decode("utf-8", "replace").strip()
+        if "=" not in line:
+            continue
+        key, _, value = line.partition("=")
+        block[key] = value
+        if key == "progress":
+            parsed = parse_progress_block(block)
+            parsed["time"] = time.time()
+            write_json_atomic(progress_path, parsed)
+            block = {}
+    rc = proc.wait()
+    t.join(timeout=5)
+    with open(os.path.join(run_dir, "stderr.tail"), "w") as fh:
+        fh.write("\n".join(tail))
+    write_json_atomic(
+        os.path.join(run_dir, "exit.json"),
+        {"returncode": rc, "signal": -rc if rc < 0 else None, "time": time.time()},
+    )
+    return rc
+
+
+def spawn_detached(run_dir: str, argv: list[str], env: dict[str, str] | None = None) -> None:
+    """Start ``supervise`` in a grandchild in its own session, so it outlives this process and
+    its process group (the RQ horse's), and is reparented to init or the nearest subreaper."""
+    os.makedirs(run_dir, exist_ok=True)
+    write_json_atomic(os.path.join(run_dir, "cmd.json"), {"argv": argv})
+    pid = os.fork()
+    if pid:
+        os.waitpid(pid, 0)  # the middle child exits at once
+        return
+    try:  # middle child
+        os.setsid()
+        if os.fork():
+            os._exit(0)
+        # grandchild: the supervisor
+        devnull = os.open(os.devnull, os.O_RDWR)
+        log = os.open(os.path.join(run_dir, "runner.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.dup2(devnull, 0)
+        os.dup2(devnull, 1)
+        os.dup2(log, 2)
+        os.closerange(3, 65536)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.signal(signal.SIGALRM, signal.SIG_IGN)
+        signal.setitimer(signal.ITIMER_REAL, 0)  # never inherit the horse's RQ job-timeout alarm
+        code = 0
+        try:
+            supervise(run_dir, argv, env)
+        except BaseException as exc:  # noqa: BLE001 - the exit file must always be written
+            print(f"runner failed: {exc!r}", file=sys.stderr)
+            if read_json(os.path.join(run_dir, "exit.json")) is None:
+                write_json_atomic(
+                    os.path.join(run_dir, "exit.json"),
+                    {"returncode": 127, "signal": None, "time": time.time(), "runner_error": repr(exc)},
+                )
+            code = 1
+        os._exit(code)
+    except BaseException:  # noqa: BLE001
+        os._exit(1)

@@ -1,0 +1,41 @@
+"""One agent slot: a forking RQ worker, started and supervised by ``ffrtmp-agent``."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+
+from ffrtmp.logs import setup_logging
+from ffrtmp.redisconn import connect
+from ffrtmp.rqjob import SERIALIZER, SafeJob, rq_queue
+
+from .worker import FleetWorker, set_pdeathsig, terminal_failure_handler
+
+
+def main() -> None:
+    set_pdeathsig(signal.SIGKILL)  # the agent's slots die with it
+    setup_logging("agent", os.environ.get("FFRTMP_LOG_LEVEL", "info"))
+    name = os.environ["FFRTMP_SLOT_NAME"]
+    queues = os.environ["FFRTMP_SLOT_QUEUES"].split(",")
+    conn = connect(os.environ["FFRTMP_REDIS_URL"])
+    worker = FleetWorker(
+        [rq_queue(q, conn) for q in queues],
+        name=name,
+        connection=conn,
+        job_class=SafeJob,
+        serializer=SERIALIZER,
+        worker_ttl=int(os.environ.get("FFRTMP_WORKER_TTL", "30")),
+        job_monitoring_interval=int(os.environ.get("FFRTMP_JOB_MONITORING_INTERVAL", "30")),
+        exception_handlers=[terminal_failure_handler],
+        log_job_description=True,
+    )
+    logging.getLogger("ffrtmp.agent.slot").info("slot %s listening on %s", name, ",".join(queues))
+    worker.work(
+        with_scheduler=os.environ.get("FFRTMP_WITH_SCHEDULER") == "1",
+        logging_level=os.environ.get("FFRTMP_LOG_LEVEL", "info").upper(),
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,295 @@
+"""The one allow-listed job function. It runs in the RQ work horse, starts the attempt's
+detached supervisor (``agent.runner``), watches its run directory and mirrors progress, logs
+and the outcome into Redis.
+
+Failure classes (DESIGN §4):
+- ``WorkloadError`` (FFmpeg exited non-zero, bad input, invalid output, canceled, timed out,
+  rejected): terminal. The worker's exception handler zeroes RQ's retries.
+- ``PlatformError`` (no working encoder here, root not mounted, FFmpeg could not start): RQ's
+  Retry requeues the job up to ``max_attempts``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import time
+from typing import Any
+
+from pydantic import ValidationError
+from rq import get_current_job
+
+from ffrtmp.jobs import cancel_key, history_entry, history_key, logs_key, utcnow_iso
+from ffrtmp.model import JobSpec
+
+from .context import load_context
+from .pipeline import Plan, PlanError, build_plan
+from .runner import read_json, spawn_detached, with_percent
+from .verify import VerifyError, media_duration, verify_output
+
+log = logging.getLogger("ffrtmp.agent.task")
+
+POLL_S = 0.2
+PROGRESS_SAVE_S = 1.0
+CANCEL_POLL_S = 0.5
+START_DEADLINE_S = 30.0
+LOG_TAIL_BYTES = 16 * 1024
+
+
+class TerminalJobError(Exception):
+    """Ends the job for good: never retried automatically."""
+
+    def __init__(self, outcome: str, reason: str, message: str) -> None:
+        super().__init__(f"{outcome}: {reason}: {message}")
+        self.outcome = outcome
+        self.reason = reason
+
+
+class PlatformError(Exception):
+    """This node could not run the job; RQ may retry it elsewhere."""
+
+
+def lease_key(job_id: str) -> str:
+    return f"ffrtmp:job:{job_id}:lease"
+
+
+def _last_state(conn: Any, job_id: str) -> str | None:
+    raw = conn.lindex(history_key(job_id), -1)
+    return json.loads(raw)["to"] if raw else None
+
+
+def _tail(path: str, nbytes: int = LOG_TAIL_BYTES) -> str:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - nbytes))
+            data = fh.read()
+    except FileNotFoundError:
+        return ""
+    text = data.decode("utf-8", "replace")
+    return text if size <= nbytes else text.split("\n", 1)[-1]
+
+
+def _remove(path: str | None) -> None:
+    if not path:
+        return
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
+def _publish(final: str, tmp: str) -> None:
+    """Move a verified output into place. Files are replaced atomically; an HLS directory that
+    already exists is moved aside first and removed after the swap."""
+    if os.path.isdir(tmp):
+        old = None
+        if os.path.exists(final):
+            old = f"{final}.old-{os.getpid()}-{int(time.time())}"
+            os.rename(final, old)
+        os.rename(tmp, final)
+        _remove(old)
+    else:
+        os.replace(tmp, final)
+
+
+class Attempt:
+    def __init__(self, job: Any, spec_dict: dict[str, Any]) -> None:
+        self.job = job
+        self.conn = job.connection
+        self.spec_dict = spec_dict
+        self.ctx = load_context()
+        self.slot = os.environ.get("FFRTMP_SLOT_NAME", "")
+        meta = job.meta
+        self.attempt = int(meta.get("attempt", 0)) + 1
+        self.timeout = float(meta.get("timeout") or 6 * 3600)
+        self.grace = float(meta.get("cancel_grace") or 30)
+        self.run_dir = os.path.join(self.ctx.work_dir, "runs", job.id, str(self.attempt))
+
+    # --- bookkeeping -------------------------------------------------------------------
+    def _history(self, to: str, reason: str, ttl: int | None = None) -> None:
+        frm = _last_state(self.conn, self.job.id)
+        with self.conn.pipeline() as pipe:
+            pipe.rpush(history_key(self.job.id), history_entry(frm, to, reason, self.ctx.node, self.attempt))
+            if ttl:
+                pipe.expire(history_key(self.job.id), ttl)
+                pipe.expire(logs_key(self.job.id), ttl)
+            pipe.execute()
+
+    def _save_logs(self) -> None:
+        text = _tail(os.path.join(self.run_dir, "stderr.log"))
+        self.conn.hset(logs_key(self.job.id), str(self.attempt), text)
+
+    def start(self) -> None:
+        meta = self.job.meta
+        meta.update(
+            attempt=self.attempt,
+            node=self.ctx.node,
+            slot=self.slot,
+            started_at=utcnow_iso(),
+            ended_at=None,
+            progress=None,
+            error=None,
+            outcome=None,
+            result=None,
+            run_dir=self.run_dir,
+        )
+        self.job.save_meta()
+        # Fencing token for this attempt; recovery and late writers compare against it.
+        self.conn.set(lease_key(self.job.id), f"{self.ctx.node}/{self.slot}/{self.attempt}",
+                      ex=int(self.timeout + self.grace + 3600))
+        self._history("running", "started", None)
+
+    def end(self, outcome: str, reason: str, message: str, *, exit_code: int | None = None,
+            stderr_tail: str | None = None) -> None:
+        meta = self.job.meta
+        meta["outcome"] = outcome
+        meta["ended_at"] = utcnow_iso()
+        if outcome != "completed":
+            meta["error"] = {"reason": reason, "message": message, "exit_code": exit_code,
+                             "stderr_tail": stderr_tail}
+        self.job.save_meta()
+        ttl = self.job.result_ttl if outcome == "completed" else self.job.failure_ttl
+        self._history(outcome, reason, ttl if ttl and ttl > 0 else None)
+
+    # --- the run ----------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        self.start()
+        if self.conn.exists(cancel_key(self.job.id)):
+            self.end("canceled", "canceled", "canceled before FFmpeg started")
+            raise TerminalJobError("canceled", "canceled", "canceled before start")
+        try:
+            spec = JobSpec.model_validate(self.spec_dict)
+        except ValidationError as exc:
+            self.end("rejected", "invalid_spec", str(exc).splitlines()[0])
+            raise TerminalJobError("rejected", "invalid_spec", str(exc)) from None
+        try:
+            plan = build_plan(spec, self.job.id, self.attempt, self.ctx)
+        except PlanError as exc:
+            if exc.platform:
+                self._platform_failure(exc.reason, exc.message)
+            outcome = "failed" if exc.reason == "input_not_found" else "rejected"
+            self.end(outcome, exc.reason, exc.message)
+            raise TerminalJobError(outcome, exc.reason, exc.message) from None
+        if plan.duration is None and spec.input and not spec.input.startswith(("rtmp", "srt", "http")):
+            plan.duration = media_duration(plan.input_desc, self.ctx.ffprobe)
+        self.job.meta["output"] = plan.final_output
+        self.job.meta["encoder"] = plan.encoder
+        self.job.save_meta()
+        spawn_detached(self.run_dir, plan.argv)
+        return self._watch(plan)
+
+    def _platform_failure(self, reason: str, message: str) -> None:
+        retrying = bool(self.job.retries_left and self.job.retries_left > 0)
+        if retrying:
+            self.job.meta["error"] = {"reason": reason, "message": message, "exit_code": None,
+                                      "stderr_tail": None}
+            self.job.save_meta()
+            self._history("retrying", reason)
+            raise PlatformError(f"{reason}: {message}")
+        self.end("failed", reason, message)
+        raise TerminalJobError("failed", reason, message)
+
+    def _signal_ffmpeg(self, sig: int) -> None:
+        started = read_json(os.path.join(self.run_dir, "started.json"))
+        if not started or read_json(os.path.join(self.run_dir, "exit.json")):
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(started["ffmpeg_pid"]), sig)
+
+    def _watch(self, plan: Plan) -> dict[str, Any]:
+        t0 = time.monotonic()
+        stop_reason: str | None = None
+        kill_at = 0.0
+        forced = False
+        last_progress_mtime = 0.0
+        last_save = 0.0
+        last_cancel_poll = 0.0
+        progress_path = os.path.join(self.run_dir, "progress.json")
+        exit_path = os.path.join(self.run_dir, "exit.json")
+        started_seen = False
+        while True:
+            exit_info = read_json(exit_path)
+            if exit_info is not None:
+                break
+            now = time.monotonic()
+            if not started_seen:
+                started_seen = os.path.exists(os.path.join(self.run_dir, "started.json"))
+                if not started_seen and now - t0 > START_DEADLINE_S:
+                    self._platform_failure("runner_not_started", "the run supervisor did not start FFmpeg")
+            try:
+                mtime = os.stat(progress_path).st_mtime
+            except FileNotFoundError:
+                mtime = 0.0
+            if mtime != last_progress_mtime and now - last_save >= PROGRESS_SAVE_S:
+                prog = read_json(progress_path)
+                if prog is not None:
+                    self.job.meta["progress"] = with_percent(prog, plan.duration)
+                    self.job.save_meta()
+                    last_progress_mtime, last_save = mtime, now
+            if stop_reason is None and now - last_cancel_poll >= CANCEL_POLL_S:
+                last_cancel_poll = now
+                if self.conn.exists(cancel_key(self.job.id)):
+                    stop_reason = "canceled"
+                elif now - t0 > self.timeout:
+                    stop_reason = "timed_out"
+                if stop_reason:
+                    log.info("job %s: %s, sending SIGTERM to FFmpeg", self.job.id, stop_reason)
+                    self._signal_ffmpeg(signal.SIGTERM)
+                    kill_at = now + self.grace
+            if stop_reason and not forced and now >= kill_at:
+                log.warning("job %s: FFmpeg outlived the %ss grace, sending SIGKILL", self.job.id, self.grace)
+                self._signal_ffmpeg(signal.SIGKILL)
+                forced = True
+            time.sleep(POLL_S)
+        return self._finish(plan, exit_info, stop_reason, forced)
+
+    def _finish(self, plan: Plan, exit_info: dict[str, Any], stop_reason: str | None,
+                forced: bool) -> dict[str, Any]:
+        self._save_logs()
+        rc = int(exit_info.get("returncode", 1))
+        tail_text = _tail(os.path.join(self.run_dir, "stderr.tail"), 4096)
+        prog = read_json(os.path.join(self.run_dir, "progress.json"))
+        if prog is not None:
+            self.job.meta["progress"] = with_percent(prog, plan.duration)
+        if stop_reason:
+            _remove(plan.tmp_output)
+            how = "forced (SIGKILL after grace)" if forced else "graceful (SIGTERM)"
+            self.job.meta["stop"] = how
+            msg = "canceled by request" if stop_reason == "canceled" else f"ran past its {self.timeout:g}s timeout"
+            self.end(stop_reason, stop_reason, f"{msg}; stop was {how}", exit_code=rc, stderr_tail=tail_text)
+            raise TerminalJobError(stop_reason, stop_reason, msg)
+        if exit_info.get("runner_error"):
+            _remove(plan.tmp_output)
+            self._platform_failure("ffmpeg_not_started", str(exit_info["runner_error"]))
+        if rc != 0:
+            _remove(plan.tmp_output)
+            first = next((ln for ln in tail_text.splitlines() if ln.strip()), "")
+            msg = f"FFmpeg exited with code {rc}" + (f": {tail_text.splitlines()[-1]}" if first else "")
+            self.end("failed", "ffmpeg_error", msg, exit_code=rc, stderr_tail=tail_text)
+            raise TerminalJobError("failed", "ffmpeg_error", msg)
+        result: dict[str, Any] = {"output": plan.final_output, "encoder": plan.encoder}
+        if plan.tmp_output is not None:
+            try:
+                result.update(verify_output(plan, self.ctx.ffprobe))
+            except VerifyError as exc:
+                _remove(plan.tmp_output)
+                self.end("failed", "output_invalid", str(exc), exit_code=rc, stderr_tail=tail_text)
+                raise TerminalJobError("failed", "output_invalid", str(exc)) from None
+            _publish(plan.final_output, plan.tmp_output)
+        self.job.meta["result"] = result
+        self.end("completed", "ffmpeg_exit_0", "completed")
+        return result
+
+
+def run_job(spec: dict[str, Any]) -> dict[str, Any]:
+    job = get_current_job()
+    if job is None:
+        raise RuntimeError("run_job must run inside an RQ worker")
+    return Attempt(job, spec).run()

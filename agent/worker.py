@@ -1,0 +1,41 @@
+"""A hardened RQ worker for one agent slot."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import signal
+from typing import Any
+
+from rq import Worker
+from rq.timeouts import JobTimeoutException
+
+from ffrtmp.rqjob import UnsafeJobError
+
+from .task import TerminalJobError
+
+log = logging.getLogger("ffrtmp.agent.worker")
+PR_SET_PDEATHSIG = 1
+
+
+def set_pdeathsig(sig: int = signal.SIGKILL) -> None:
+    """Have the kernel send ``sig`` to this process when its parent dies (Linux only)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+    except OSError:  # not Linux: nothing to do
+        pass
+
+
+def terminal_failure_handler(job: Any, exc_type: type, exc_value: BaseException, tb: Any) -> bool:
+    """Workload failures are never retried: zero RQ's retries before it decides."""
+    if isinstance(exc_value, TerminalJobError | UnsafeJobError | JobTimeoutException):
+        job.retries_left = 0
+    return True  # let the next handler (RQ's default) run too
+
+
+class FleetWorker(Worker):
+    def setup_work_horse_signals(self) -> None:
+        super().setup_work_horse_signals()
+        set_pdeathsig(signal.SIGKILL)  # a horse never outlives its worker (no duplicate run)

@@ -1,0 +1,1 @@
+"""The ffrtmp coordinator: a small, stateless aiohttp control plane over Redis."""

@@ -1,0 +1,68 @@
+"""Node records: what each agent proved it can do, and whether it is alive."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import redis
+
+NODES_INDEX = "ffrtmp:nodes"  # zset name -> last heartbeat (unix time)
+NODE_TTL_S = 7 * 24 * 3600
+
+
+def node_key(name: str) -> str:
+    return f"ffrtmp:node:{name}"
+
+
+def drain_key(name: str) -> str:
+    return f"ffrtmp:node:{name}:drain"
+
+
+def write_heartbeat(conn: redis.Redis, record: dict[str, Any]) -> None:
+    now = time.time()
+    record = {**record, "last_heartbeat": now}
+    with conn.pipeline() as pipe:
+        pipe.set(node_key(record["name"]), json.dumps(record, separators=(",", ":")), ex=NODE_TTL_S)
+        pipe.zadd(NODES_INDEX, {record["name"]: now})
+        pipe.execute()
+
+
+def node_state(record: dict[str, Any], now: float, heartbeat_timeout_s: float, draining: bool) -> str:
+    if record.get("stopped"):
+        return "stopped"
+    if now - float(record.get("last_heartbeat", 0)) > heartbeat_timeout_s:
+        return "dead"
+    if draining or record.get("draining"):
+        return "draining"
+    return "alive"
+
+
+def list_nodes(conn: redis.Redis, heartbeat_timeout_s: float) -> list[dict[str, Any]]:
+    names = [n.decode() if isinstance(n, bytes) else n for n in conn.zrange(NODES_INDEX, 0, -1)]
+    if not names:
+        return []
+    with conn.pipeline() as pipe:
+        for n in names:
+            pipe.get(node_key(n))
+            pipe.exists(drain_key(n))
+        raw = pipe.execute()
+    now = time.time()
+    out = []
+    for i, name in enumerate(names):
+        blob, draining = raw[2 * i], raw[2 * i + 1]
+        if blob is None:
+            continue
+        rec = json.loads(blob)
+        rec["state"] = node_state(rec, now, heartbeat_timeout_s, bool(draining))
+        rec["heartbeat_age_s"] = round(now - float(rec.get("last_heartbeat", 0)), 3)
+        out.append(rec)
+    return out
+
+
+def get_node(conn: redis.Redis, name: str, heartbeat_timeout_s: float) -> dict[str, Any] | None:
+    for rec in list_nodes(conn, heartbeat_timeout_s):
+        if rec["name"] == name:
+            return rec
+    return None

@@ -1,0 +1,51 @@
+"""RQ plumbing shared by the coordinator and the agent: JSON serialization and an allow-listed
+job class, so that whoever can write to Redis cannot make an agent run arbitrary code."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+from rq import Queue
+from rq.job import Job
+from rq.serializers import JSONSerializer
+
+# The only functions an agent will execute. Anything else in Redis fails the job unexecuted.
+TRANSCODE_FUNC = "agent.task.run_job"
+ALLOWED_FUNCS = frozenset({TRANSCODE_FUNC})
+
+SERIALIZER = JSONSerializer
+
+
+class UnsafeJobError(RuntimeError):
+    pass
+
+
+class SafeJob(Job):
+    """A Job that resolves only allow-listed functions and never unpickles."""
+
+    @property
+    def func(self) -> Any:
+        name = self.func_name
+        if name not in ALLOWED_FUNCS:
+            raise UnsafeJobError(f"job {self.id} names function {name!r}, which is not on the allow-list")
+        if self.instance is not None:
+            raise UnsafeJobError(f"job {self.id} names a bound method; only plain functions are allowed")
+        return super().func
+
+
+def rq_queue(name: str, conn: redis.Redis) -> Queue:
+    return Queue(name, connection=conn, serializer=SERIALIZER, job_class=SafeJob)
+
+
+def fetch_job(conn: redis.Redis, job_id: str) -> SafeJob | None:
+    try:
+        return SafeJob.fetch(job_id, connection=conn, serializer=SERIALIZER)
+    except Exception:  # NoSuchJobError, or a hash that is not an RQ job
+        return None
+
+
+def fetch_jobs(conn: redis.Redis, job_ids: list[str]) -> list[SafeJob | None]:
+    if not job_ids:
+        return []
+    return SafeJob.fetch_many(job_ids, connection=conn, serializer=SERIALIZER)  # type: ignore[return-value]
