@@ -26,7 +26,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from ffrtmp import __version__
 from ffrtmp.durations import DURATION
 from ffrtmp.logs import setup_logging
-from ffrtmp.nodes import drain_key, write_heartbeat
+from ffrtmp.nodes import write_heartbeat
 from ffrtmp.queues import slot_queues
 from ffrtmp.redisconn import connect, transport_retry
 
@@ -83,12 +83,15 @@ class Agent:
         self.g_slots = Gauge("ffrtmp_agent_slots", "Job slots on this agent", registry=r)
         self.g_busy = Gauge("ffrtmp_agent_slots_busy", "Slots running a job", registry=r)
         self.g_running = Gauge("ffrtmp_agent_runs_active", "FFmpeg runs alive on this host", registry=r)
-        self.g_encoder = Gauge("ffrtmp_agent_encoder_up", "1 if a test encode with this encoder passed",
-                               ["encoder"], registry=r)
-        self.g_hb = Gauge("ffrtmp_agent_last_heartbeat_timestamp_seconds", "Last heartbeat written",
-                          registry=r)
-        self.g_disk = Gauge("ffrtmp_agent_work_dir_free_ratio", "Free fraction of the work dir's disk",
-                            registry=r)
+        self.g_encoder = Gauge(
+            "ffrtmp_agent_encoder_up", "1 if a test encode with this encoder passed", ["encoder"], registry=r
+        )
+        self.g_hb = Gauge(
+            "ffrtmp_agent_last_heartbeat_timestamp_seconds", "Last heartbeat written", registry=r
+        )
+        self.g_disk = Gauge(
+            "ffrtmp_agent_work_dir_free_ratio", "Free fraction of the work dir's disk", registry=r
+        )
         self.g_restarts = Gauge("ffrtmp_agent_slot_restarts", "Slot worker restarts since start", registry=r)
         Info("ffrtmp_agent_build", "Agent version", registry=r).info({"version": __version__})
 
@@ -117,7 +120,9 @@ class Agent:
                         continue
                     started = read_json(os.path.join(rdir, "started.json"))
                     if started and psutil.pid_exists(int(started["runner_pid"])):
-                        out.append({"job": job_id, "attempt": int(attempt), "ffmpeg_pid": started["ffmpeg_pid"]})
+                        out.append(
+                            {"job": job_id, "attempt": int(attempt), "ffmpeg_pid": started["ffmpeg_pid"]}
+                        )
         return out
 
     def disk_free_ratio(self) -> float:
@@ -183,16 +188,18 @@ class Agent:
 
     async def start_slot(self, slot: Slot) -> None:
         env = dict(os.environ)
-        env.update({
-            "FFRTMP_SLOT_NAME": slot.name,
-            "FFRTMP_SLOT_QUEUES": ",".join(slot.queues),
-            "FFRTMP_REDIS_URL": self.cfg.redis_url,
-            "FFRTMP_WORKER_TTL": str(max(5, int(self.cfg.heartbeat_interval))),
-            "FFRTMP_JOB_MONITORING_INTERVAL": str(max(2, int(self.cfg.heartbeat_interval))),
-            "FFRTMP_WITH_SCHEDULER": "1" if slot.index == 0 else "0",
-            "FFRTMP_LOG_LEVEL": self.cfg.log_level,
-            CONTEXT_ENV: dump_context(self.context()),
-        })
+        env.update(
+            {
+                "FFRTMP_SLOT_NAME": slot.name,
+                "FFRTMP_SLOT_QUEUES": ",".join(slot.queues),
+                "FFRTMP_REDIS_URL": self.cfg.redis_url,
+                "FFRTMP_WORKER_TTL": str(max(5, int(self.cfg.heartbeat_interval))),
+                "FFRTMP_JOB_MONITORING_INTERVAL": str(max(2, int(self.cfg.heartbeat_interval))),
+                "FFRTMP_WITH_SCHEDULER": "1" if slot.index == 0 else "0",
+                "FFRTMP_LOG_LEVEL": self.cfg.log_level,
+                CONTEXT_ENV: dump_context(self.context()),
+            }
+        )
         slot.proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "agent.slot", env=env)
         slot.started = time.monotonic()
         log.info("started slot %s (pid %s)", slot.name, slot.proc.pid)
@@ -254,13 +261,14 @@ class Agent:
         return web.json_response(body, status=200 if not problems else 503)
 
     async def h_metrics(self, _req: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(self.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return web.Response(
+            body=generate_latest(self.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
 
     # --- main ---------------------------------------------------------------------------
     async def run(self) -> int:
         cfg = self.cfg
-        for d in [cfg.work_dir, *cfg.input_roots, *cfg.output_roots]:
-            os.makedirs(d, exist_ok=True)
+        os.makedirs(cfg.work_dir, exist_ok=True)
         try:
             self.info = await asyncio.to_thread(probe, cfg.ffmpeg, cfg.ffprobe)
         except ProbeError as exc:
@@ -270,8 +278,12 @@ class Agent:
         for enc, ok in self.info["encoders"].items():
             self.g_encoder.labels(enc).set(1 if ok else 0)
         self.g_slots.set(cfg.slots)
-        log.info("probe: capabilities=%s cpu_codecs=%s", self.info["capabilities"], self.info["cpu_codecs"],
-                 extra={"node": cfg.name})
+        log.info(
+            "probe: capabilities=%s cpu_codecs=%s",
+            self.info["capabilities"],
+            self.info["cpu_codecs"],
+            extra={"node": cfg.name},
+        )
         self.conn = connect(cfg.redis_url, socket_timeout=10)
         self.plan_slots()
         await asyncio.to_thread(self.heartbeat)
@@ -297,9 +309,6 @@ class Agent:
                 break
             try:
                 await asyncio.to_thread(self.heartbeat)
-                drained = await asyncio.to_thread(self.conn.exists, drain_key(cfg.name))
-                if drained:
-                    log.info("node is marked draining")
             except (redis.RedisError, OSError) as exc:
                 log.error("heartbeat failed after retries: %s", exc)
         log.info("stopping: no new jobs; waiting up to %.0fs for running jobs", cfg.drain_timeout)
@@ -320,24 +329,63 @@ class Agent:
 @click.option("--redis-url", envvar="FFRTMP_REDIS_URL", default="redis://127.0.0.1:6379/0", show_default=True)
 @click.option("--name", envvar="FFRTMP_NODE_NAME", default=socket.gethostname, show_default="host name")
 @click.option("--slots", envvar="FFRTMP_SLOTS", type=click.IntRange(1, 256), default=2, show_default=True)
-@click.option("--live-slots", envvar="FFRTMP_LIVE_SLOTS", type=click.IntRange(0, 256), default=None,
-              help="Slots that take live.* work only [default: 1 when --slots > 1, else 0]")
+@click.option(
+    "--live-slots",
+    envvar="FFRTMP_LIVE_SLOTS",
+    type=click.IntRange(0, 256),
+    default=None,
+    help="Slots that take live.* work only [default: 1 when --slots > 1, else 0]",
+)
 @click.option("--metrics-host", envvar="FFRTMP_METRICS_HOST", default="0.0.0.0", show_default=True)
-@click.option("--metrics-port", envvar="FFRTMP_METRICS_PORT", type=click.IntRange(0, 65535), default=9091,
-              show_default=True)
-@click.option("--heartbeat-interval", envvar="FFRTMP_HEARTBEAT_INTERVAL", type=DURATION, default="30s",
-              show_default=True)
-@click.option("--drain-timeout", envvar="FFRTMP_DRAIN_TIMEOUT", type=DURATION, default="1h", show_default=True)
-@click.option("--input-root", "input_roots", envvar="FFRTMP_INPUT_ROOTS", multiple=True,
-              type=click.Path(file_okay=False), help="Directory inputs may come from (repeatable)")
-@click.option("--output-root", "output_roots", envvar="FFRTMP_OUTPUT_ROOTS", multiple=True,
-              type=click.Path(file_okay=False), help="Directory outputs go to (repeatable; first is default)")
-@click.option("--work-dir", envvar="FFRTMP_WORK_DIR", default="/var/lib/ffrtmp/agent", show_default=True,
-              type=click.Path(file_okay=False))
+@click.option(
+    "--metrics-port",
+    envvar="FFRTMP_METRICS_PORT",
+    type=click.IntRange(0, 65535),
+    default=9091,
+    show_default=True,
+)
+@click.option(
+    "--heartbeat-interval",
+    envvar="FFRTMP_HEARTBEAT_INTERVAL",
+    type=DURATION,
+    default="30s",
+    show_default=True,
+)
+@click.option(
+    "--drain-timeout", envvar="FFRTMP_DRAIN_TIMEOUT", type=DURATION, default="1h", show_default=True
+)
+@click.option(
+    "--input-root",
+    "input_roots",
+    envvar="FFRTMP_INPUT_ROOTS",
+    multiple=True,
+    type=click.Path(file_okay=False),
+    help="Directory inputs may come from (repeatable)",
+)
+@click.option(
+    "--output-root",
+    "output_roots",
+    envvar="FFRTMP_OUTPUT_ROOTS",
+    multiple=True,
+    type=click.Path(file_okay=False),
+    help="Directory outputs go to (repeatable; first is default)",
+)
+@click.option(
+    "--work-dir",
+    envvar="FFRTMP_WORK_DIR",
+    default="/var/lib/ffrtmp/agent",
+    show_default=True,
+    type=click.Path(file_okay=False),
+)
 @click.option("--ffmpeg", envvar="FFRTMP_FFMPEG", default="ffmpeg", show_default=True)
 @click.option("--ffprobe", envvar="FFRTMP_FFPROBE", default="ffprobe", show_default=True)
-@click.option("--log-level", envvar="FFRTMP_LOG_LEVEL", default="info", show_default=True,
-              type=click.Choice(["debug", "info", "warning", "error"]))
+@click.option(
+    "--log-level",
+    envvar="FFRTMP_LOG_LEVEL",
+    default="info",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"]),
+)
 def main(**kw: Any) -> None:
     """Run an ffrtmp agent on this host."""
     setup_logging("agent", kw["log_level"])
@@ -346,8 +394,14 @@ def main(**kw: Any) -> None:
     if kw["live_slots"] > kw["slots"]:
         raise click.BadParameter("cannot exceed --slots", param_hint="--live-slots")
     work = os.path.abspath(kw["work_dir"])
-    kw["input_roots"] = [os.path.abspath(p) for p in kw["input_roots"]] or [os.path.join(work, "inputs")]
-    kw["output_roots"] = [os.path.abspath(p) for p in kw["output_roots"]] or [os.path.join(work, "outputs")]
+    # Configured roots may be mounts: never create them (a missing mount must show, not be hidden
+    # by an empty directory). The defaults under the work dir are ours to create.
+    for key, default in (("input_roots", "inputs"), ("output_roots", "outputs")):
+        if kw[key]:
+            kw[key] = [os.path.abspath(p) for p in kw[key]]
+        else:
+            kw[key] = [os.path.join(work, default)]
+            os.makedirs(kw[key][0], exist_ok=True)
     kw["work_dir"] = work
     cfg = AgentConfig(**kw)
     sys.exit(asyncio.run(Agent(cfg).run()))

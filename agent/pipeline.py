@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import posixpath
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from ffrtmp.model import JobSpec, is_url, parse_bitrate_kbps, parse_resolution
 from ffrtmp.presets import CPU_ENCODERS, DEFAULT_EXT, HW_ENCODER_NAMES, HW_FAMILIES, PRESETS, Preset
@@ -119,7 +118,9 @@ def resolve_output(value: str | None, default_name: str, ctx: AgentContext) -> s
         raise PlanError("output_root_missing", f"no output root is configured on {ctx.node}", platform=True)
     root = ctx.output_roots[0]
     if not os.path.isdir(root):
-        raise PlanError("output_root_missing", f"output root {root} is not mounted on {ctx.node}", platform=True)
+        raise PlanError(
+            "output_root_missing", f"output root {root} is not mounted on {ctx.node}", platform=True
+        )
     path = value if value and value.startswith("/") else os.path.join(root, value or default_name)
     parent = os.path.dirname(path.rstrip("/")) or "/"
     # the parent may not exist yet: check the deepest existing ancestor, then create inside a root
@@ -143,7 +144,8 @@ def pick_encoder(codec: str, hwaccel: str, ctx: AgentContext) -> tuple[str, str]
         name = HW_ENCODER_NAMES.get((hwaccel, codec))
         if not name or not ctx.encoders.get(name):
             raise PlanError(
-                "encoder_unavailable", f"encoder {name or codec + '/' + hwaccel} is not working on {ctx.node}",
+                "encoder_unavailable",
+                f"encoder {name or codec + '/' + hwaccel} is not working on {ctx.node}",
                 platform=True,
             )
         return name, hwaccel
@@ -166,21 +168,69 @@ def _video_args(encoder: str, family: str, kbps: int, preset: str, fps: float, r
         args = ["-c:v", "libx264", "-preset", preset, *rate, "-g", gop, "-pix_fmt", "yuv420p"]
         return args + (["-tune", "zerolatency"] if realtime else [])
     if encoder == "libx265":
-        return ["-c:v", "libx265", "-preset", preset, *rate, "-g", gop, "-pix_fmt", "yuv420p",
-                "-x265-params", "log-level=error"]
+        return [
+            "-c:v",
+            "libx265",
+            "-preset",
+            preset,
+            *rate,
+            "-g",
+            gop,
+            "-pix_fmt",
+            "yuv420p",
+            "-x265-params",
+            "log-level=error",
+        ]
     if encoder == "libvpx-vp9":
         deadline = "realtime" if _SPEED_0_TO_8[preset] >= 7 else "good"
-        return ["-c:v", "libvpx-vp9", "-b:v", b, "-deadline", deadline, "-cpu-used",
-                str(_SPEED_0_TO_8[preset]), "-row-mt", "1", "-g", gop, "-pix_fmt", "yuv420p"]
+        return [
+            "-c:v",
+            "libvpx-vp9",
+            "-b:v",
+            b,
+            "-deadline",
+            deadline,
+            "-cpu-used",
+            str(_SPEED_0_TO_8[preset]),
+            "-row-mt",
+            "1",
+            "-g",
+            gop,
+            "-pix_fmt",
+            "yuv420p",
+        ]
     if encoder == "libsvtav1":
-        return ["-c:v", "libsvtav1", "-preset", str(_SVT_PRESETS[preset]), "-b:v", b, "-g", gop,
-                "-pix_fmt", "yuv420p"]
+        return [
+            "-c:v",
+            "libsvtav1",
+            "-preset",
+            str(_SVT_PRESETS[preset]),
+            "-b:v",
+            b,
+            "-g",
+            gop,
+            "-pix_fmt",
+            "yuv420p",
+        ]
     if encoder == "libaom-av1":
-        return ["-c:v", "libaom-av1", "-cpu-used", str(_SPEED_0_TO_8[preset]), "-row-mt", "1",
-                "-b:v", b, "-g", gop, "-pix_fmt", "yuv420p"]
+        return [
+            "-c:v",
+            "libaom-av1",
+            "-cpu-used",
+            str(_SPEED_0_TO_8[preset]),
+            "-row-mt",
+            "1",
+            "-b:v",
+            b,
+            "-g",
+            gop,
+            "-pix_fmt",
+            "yuv420p",
+        ]
     if family == "nvenc":
         return ["-c:v", encoder, "-preset", _NVENC_PRESETS[preset], *rate, "-g", gop] + (
-            ["-tune", "ll"] if realtime else [])
+            ["-tune", "ll"] if realtime else []
+        )
     if family == "qsv":
         qp = preset if preset not in ("ultrafast", "superfast") else "veryfast"
         return ["-c:v", encoder, "-preset", qp, *rate, "-g", gop]
@@ -217,8 +267,19 @@ def build_plan(spec: JobSpec, job_id: str, attempt: int, ctx: AgentContext) -> P
     speed = spec.preset or preset.preset
     encoder, family = pick_encoder(codec, spec.hwaccel, ctx)
 
-    argv = [ctx.ffmpeg, "-hide_banner", "-nostdin", "-nostats", "-loglevel", "warning",
-            "-progress", "pipe:1", "-stats_period", "0.5", "-y"]
+    argv = [
+        ctx.ffmpeg,
+        "-hide_banner",
+        "-nostdin",
+        "-nostats",
+        "-loglevel",
+        "warning",
+        "-progress",
+        "pipe:1",
+        "-stats_period",
+        "0.5",
+        "-y",
+    ]
     if family == "vaapi":
         argv += ["-vaapi_device", ctx.vaapi_device or "/dev/dri/renderD128"]
     if family == "qsv":
@@ -226,13 +287,26 @@ def build_plan(spec: JobSpec, job_id: str, attempt: int, ctx: AgentContext) -> P
 
     duration = spec.duration
     realtime = preset.realtime
-    top_w, top_h = (preset.ladder[0][0], preset.ladder[0][1]) if preset.kind == "hls" and not spec.resolution \
+    top_w, top_h = (
+        (preset.ladder[0][0], preset.ladder[0][1])
+        if preset.kind == "hls" and not spec.resolution
         else (width, height)
+    )
     if spec.input is None:
         duration = duration or preset.default_duration
         re_flag = ["-re"] if realtime else []
-        argv += [*re_flag, "-f", "lavfi", "-i", f"testsrc2=size={top_w}x{top_h}:rate={fps:g}",
-                 *re_flag, "-f", "lavfi", "-i", "sine=frequency=1000:sample_rate=48000"]
+        argv += [
+            *re_flag,
+            "-f",
+            "lavfi",
+            "-i",
+            f"testsrc2=size={top_w}x{top_h}:rate={fps:g}",
+            *re_flag,
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=1000:sample_rate=48000",
+        ]
         input_desc = "lavfi:testsrc2+sine"
         fit = False
         audio_map = ["-map", "0:v:0", "-map", "1:a:0"]
@@ -262,20 +336,48 @@ def build_plan(spec: JobSpec, job_id: str, attempt: int, ctx: AgentContext) -> P
             parts.append(f"[s{i}]{f}[v{i}]")
         argv += ["-filter_complex", ";".join(parts)]
         audio_src = "1:a:0" if spec.input is None else "0:a:0?"
-        for i, (w, h, k) in enumerate(rungs):
-            per_stream = {"-c:v": f"-c:v:{i}", "-b:v": f"-b:v:{i}", "-maxrate": f"-maxrate:v:{i}",
-                          "-bufsize": f"-bufsize:v:{i}"}
+        for i, (_w, _h, k) in enumerate(rungs):
+            per_stream = {
+                "-c:v": f"-c:v:{i}",
+                "-b:v": f"-b:v:{i}",
+                "-maxrate": f"-maxrate:v:{i}",
+                "-bufsize": f"-bufsize:v:{i}",
+            }
             venc = _video_args(encoder, family, k, speed, fps, realtime)
             argv += ["-map", f"[v{i}]", *(per_stream.get(a, a) for a in venc)]
         for _ in rungs:
             argv += ["-map", audio_src]
-        argv += ["-c:a", "aac", "-b:a", "128k", "-ac", "2", "-ar", "48000", "-r", f"{fps:g}", *t_args,
-                 "-f", "hls", "-hls_time", "4", "-hls_playlist_type", "vod", "-hls_flags", "independent_segments",
-                 "-hls_segment_filename", os.path.join(tmp, "v%v", "seg_%05d.ts"),
-                 "-master_pl_name", "master.m3u8",
-                 "-var_stream_map", " ".join(f"v:{i},a:{i}" for i in range(n)),
-                 os.path.join(tmp, "v%v", "index.m3u8")]
-        return Plan(argv, "hls", encoder, rungs[0][0], rungs[0][1], fps, codec, duration, final, tmp, input_desc)
+        argv += [
+            "-c:a",
+            "aac",
+            "-b:a",
+            "128k",
+            "-ac",
+            "2",
+            "-ar",
+            "48000",
+            "-r",
+            f"{fps:g}",
+            *t_args,
+            "-f",
+            "hls",
+            "-hls_time",
+            "4",
+            "-hls_playlist_type",
+            "vod",
+            "-hls_flags",
+            "independent_segments",
+            "-hls_segment_filename",
+            os.path.join(tmp, "v%v", "seg_%05d.ts"),
+            "-master_pl_name",
+            "master.m3u8",
+            "-var_stream_map",
+            " ".join(f"v:{i},a:{i}" for i in range(n)),
+            os.path.join(tmp, "v%v", "index.m3u8"),
+        ]
+        return Plan(
+            argv, "hls", encoder, rungs[0][0], rungs[0][1], fps, codec, duration, final, tmp, input_desc
+        )
 
     vf = _scale_filter(width, height, family, fit)
     argv += audio_map
@@ -290,8 +392,11 @@ def build_plan(spec: JobSpec, job_id: str, attempt: int, ctx: AgentContext) -> P
     ext = DEFAULT_EXT[codec] if preset.realtime is False else ".ts"
     final = resolve_output(out, job_id + ext, ctx)
     ext = posixpath.splitext(final)[1].lower()
-    audio = ["-c:a", "libopus", "-b:a", "128k"] if ext == ".webm" else \
-        ["-c:a", "aac", "-b:a", "128k", "-ac", "2", "-ar", "48000"]
+    audio = (
+        ["-c:a", "libopus", "-b:a", "128k"]
+        if ext == ".webm"
+        else ["-c:a", "aac", "-b:a", "128k", "-ac", "2", "-ar", "48000"]
+    )
     extra = ["-movflags", "+faststart"] if ext in (".mp4", ".mov") else []
     if codec == "h265" and ext in (".mp4", ".mov"):
         extra += ["-tag:v", "hvc1"]

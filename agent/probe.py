@@ -16,7 +16,9 @@ import psutil
 
 from ffrtmp.presets import CPU_ENCODERS, HW_ENCODER_NAMES
 
-CANDIDATE_ENCODERS = sorted({n for names in CPU_ENCODERS.values() for n in names} | set(HW_ENCODER_NAMES.values()))
+CANDIDATE_ENCODERS = sorted(
+    {n for names in CPU_ENCODERS.values() for n in names} | set(HW_ENCODER_NAMES.values())
+)
 
 
 class ProbeError(Exception):
@@ -68,8 +70,20 @@ def test_encode(ffmpeg: str, encoder: str, vaapi_device: str | None) -> tuple[bo
     elif encoder.endswith("_qsv"):
         argv += ["-init_hw_device", "qsv=hw", "-filter_hw_device", "hw"]
         vf = ["-vf", "format=nv12,hwupload=extra_hw_frames=16"]
-    argv += ["-f", "lavfi", "-i", "color=c=black:s=256x144:r=10:d=0.3", *vf, "-frames:v", "3",
-             "-c:v", encoder, "-f", "null", "-"]
+    argv += [
+        "-f",
+        "lavfi",
+        "-i",
+        "color=c=black:s=256x144:r=10:d=0.3",
+        *vf,
+        "-frames:v",
+        "3",
+        "-c:v",
+        encoder,
+        "-f",
+        "null",
+        "-",
+    ]
     try:
         res = _run(argv, timeout=30)
     except subprocess.TimeoutExpired:
@@ -85,18 +99,30 @@ def nvidia_gpus() -> list[dict[str, Any]]:
     if not smi:
         return []
     try:
-        res = _run([smi, "--query-gpu=index,name,memory.total,utilization.gpu,driver_version",
-                    "--format=csv,noheader,nounits"], timeout=15)
+        res = _run(
+            [
+                smi,
+                "--query-gpu=index,name,memory.total,utilization.gpu,driver_version",
+                "--format=csv,noheader,nounits",
+            ],
+            timeout=15,
+        )
     except (subprocess.TimeoutExpired, OSError):
         return []
     gpus = []
     for line in res.stdout.decode(errors="replace").splitlines():
         parts = [p.strip() for p in line.split(",")]
         if len(parts) == 5:
-            gpus.append({"vendor": "nvidia", "index": parts[0], "model": parts[1],
-                         "memory_mb": int(parts[2]) if parts[2].isdigit() else None,
-                         "utilization_percent": int(parts[3]) if parts[3].isdigit() else None,
-                         "driver": parts[4]})
+            gpus.append(
+                {
+                    "vendor": "nvidia",
+                    "index": parts[0],
+                    "model": parts[1],
+                    "memory_mb": int(parts[2]) if parts[2].isdigit() else None,
+                    "utilization_percent": int(parts[3]) if parts[3].isdigit() else None,
+                    "driver": parts[4],
+                }
+            )
     return gpus
 
 
@@ -108,8 +134,9 @@ def probe(ffmpeg: str = "ffmpeg", ffprobe: str = "ffprobe") -> dict[str, Any]:
     vaapi_device = dri[0] if dri else None
     candidates = [e for e in CANDIDATE_ENCODERS if e in listed]
     with ThreadPoolExecutor(max_workers=4) as pool:
-        results = dict(zip(candidates, pool.map(lambda e: test_encode(ffmpeg, e, vaapi_device), candidates),
-                           strict=True))
+        results = dict(
+            zip(candidates, pool.map(lambda e: test_encode(ffmpeg, e, vaapi_device), candidates), strict=True)
+        )
     encoders = {e: ok for e, (ok, _) in results.items()}
     failures = {e: why for e, (ok, why) in results.items() if not ok}
     families = sorted({fam for (fam, _codec), name in HW_ENCODER_NAMES.items() if encoders.get(name)})

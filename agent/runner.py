@@ -174,7 +174,7 @@ def spawn_detached(run_dir: str, argv: list[str], env: dict[str, str] | None = N
         code = 0
         try:
             supervise(run_dir, argv, env)
-        except BaseException as exc:  # noqa: BLE001 - the exit file must always be written
+        except BaseException as exc:
             print(f"runner failed: {exc!r}", file=sys.stderr)
             if read_json(os.path.join(run_dir, "exit.json")) is None:
                 write_json_atomic(
@@ -183,5 +183,5 @@ def spawn_detached(run_dir: str, argv: list[str], env: dict[str, str] | None = N
                 )
             code = 1
         os._exit(code)
-    except BaseException:  # noqa: BLE001
+    except BaseException:
         os._exit(1)

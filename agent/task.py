@@ -142,18 +142,32 @@ class Attempt:
         )
         self.job.save_meta()
         # Fencing token for this attempt; recovery and late writers compare against it.
-        self.conn.set(lease_key(self.job.id), f"{self.ctx.node}/{self.slot}/{self.attempt}",
-                      ex=int(self.timeout + self.grace + 3600))
+        self.conn.set(
+            lease_key(self.job.id),
+            f"{self.ctx.node}/{self.slot}/{self.attempt}",
+            ex=int(self.timeout + self.grace + 3600),
+        )
         self._history("running", "started", None)
 
-    def end(self, outcome: str, reason: str, message: str, *, exit_code: int | None = None,
-            stderr_tail: str | None = None) -> None:
+    def end(
+        self,
+        outcome: str,
+        reason: str,
+        message: str,
+        *,
+        exit_code: int | None = None,
+        stderr_tail: str | None = None,
+    ) -> None:
         meta = self.job.meta
         meta["outcome"] = outcome
         meta["ended_at"] = utcnow_iso()
         if outcome != "completed":
-            meta["error"] = {"reason": reason, "message": message, "exit_code": exit_code,
-                             "stderr_tail": stderr_tail}
+            meta["error"] = {
+                "reason": reason,
+                "message": message,
+                "exit_code": exit_code,
+                "stderr_tail": stderr_tail,
+            }
         self.job.save_meta()
         ttl = self.job.result_ttl if outcome == "completed" else self.job.failure_ttl
         self._history(outcome, reason, ttl if ttl and ttl > 0 else None)
@@ -188,8 +202,12 @@ class Attempt:
     def _platform_failure(self, reason: str, message: str) -> None:
         retrying = bool(self.job.retries_left and self.job.retries_left > 0)
         if retrying:
-            self.job.meta["error"] = {"reason": reason, "message": message, "exit_code": None,
-                                      "stderr_tail": None}
+            self.job.meta["error"] = {
+                "reason": reason,
+                "message": message,
+                "exit_code": None,
+                "stderr_tail": None,
+            }
             self.job.save_meta()
             self._history("retrying", reason)
             raise PlatformError(f"{reason}: {message}")
@@ -250,8 +268,9 @@ class Attempt:
             time.sleep(POLL_S)
         return self._finish(plan, exit_info, stop_reason, forced)
 
-    def _finish(self, plan: Plan, exit_info: dict[str, Any], stop_reason: str | None,
-                forced: bool) -> dict[str, Any]:
+    def _finish(
+        self, plan: Plan, exit_info: dict[str, Any], stop_reason: str | None, forced: bool
+    ) -> dict[str, Any]:
         self._save_logs()
         rc = int(exit_info.get("returncode", 1))
         tail_text = _tail(os.path.join(self.run_dir, "stderr.tail"), 4096)
@@ -262,7 +281,11 @@ class Attempt:
             _remove(plan.tmp_output)
             how = "forced (SIGKILL after grace)" if forced else "graceful (SIGTERM)"
             self.job.meta["stop"] = how
-            msg = "canceled by request" if stop_reason == "canceled" else f"ran past its {self.timeout:g}s timeout"
+            msg = (
+                "canceled by request"
+                if stop_reason == "canceled"
+                else f"ran past its {self.timeout:g}s timeout"
+            )
             self.end(stop_reason, stop_reason, f"{msg}; stop was {how}", exit_code=rc, stderr_tail=tail_text)
             raise TerminalJobError(stop_reason, stop_reason, msg)
         if exit_info.get("runner_error"):

@@ -21,7 +21,9 @@ def ffprobe_json(path: str, ffprobe: str = "ffprobe", timeout: float = 60) -> di
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise VerifyError(f"ffprobe could not run: {exc}") from None
     if res.returncode != 0:
-        raise VerifyError(f"ffprobe rejected the output: {res.stderr.decode(errors='replace').strip()[-500:]}")
+        raise VerifyError(
+            f"ffprobe rejected the output: {res.stderr.decode(errors='replace').strip()[-500:]}"
+        )
     return json.loads(res.stdout or b"{}")
 
 
@@ -67,8 +69,12 @@ def _variants(master_path: str) -> list[str]:
         raise VerifyError("master playlist does not start with #EXTM3U")
     out = []
     for i, ln in enumerate(lines):
-        if ln.startswith("#EXT-X-STREAM-INF") and i + 1 < len(lines) and lines[i + 1] and \
-                not lines[i + 1].startswith("#"):
+        if (
+            ln.startswith("#EXT-X-STREAM-INF")
+            and i + 1 < len(lines)
+            and lines[i + 1]
+            and not lines[i + 1].startswith("#")
+        ):
             out.append(lines[i + 1])
     if not out:
         raise VerifyError("master playlist lists no variants")
@@ -95,9 +101,13 @@ def verify_output(plan: Plan, ffprobe: str = "ffprobe") -> dict[str, Any]:
         if not os.path.isfile(variant):
             raise VerifyError(f"variant playlist {rel} is missing")
         renditions.append({"playlist": rel, **_check_media(variant, plan, ffprobe, None)})
-    size = sum(
-        os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(plan.tmp_output) for f in files
-    )
-    return {"master": "master.m3u8", "renditions": renditions, "size_bytes": size,
-            "codec": renditions[0]["codec"], "width": renditions[0]["width"], "height": renditions[0]["height"],
-            "duration_s": renditions[0]["duration_s"]}
+    size = sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(plan.tmp_output) for f in files)
+    return {
+        "master": "master.m3u8",
+        "renditions": renditions,
+        "size_bytes": size,
+        "codec": renditions[0]["codec"],
+        "width": renditions[0]["width"],
+        "height": renditions[0]["height"],
+        "duration_s": renditions[0]["duration_s"],
+    }

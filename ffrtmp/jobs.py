@@ -15,8 +15,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import redis
-from rq.job import JobStatus
 from rq import Retry
+from rq.job import JobStatus
 
 from .model import TERMINAL_STATES, JobSpec, JobState
 from .queues import queue_for
@@ -203,7 +203,10 @@ def list_views(
     pos = cursor
     chunk = max(limit * 2, 100)
     while len(out) < limit:
-        ids = [i.decode() if isinstance(i, bytes) else i for i in conn.zrevrange(JOBS_INDEX, pos, pos + chunk - 1)]
+        ids = [
+            i.decode() if isinstance(i, bytes) else i
+            for i in conn.zrevrange(JOBS_INDEX, pos, pos + chunk - 1)
+        ]
         if not ids:
             return out, None
         jobs = fetch_jobs(conn, ids)
@@ -248,7 +251,9 @@ def cancel(conn: redis.Redis, job_id: str, requested_by: str = "api") -> tuple[s
         job.save_meta()
         job.cancel()
         with conn.pipeline() as pipe:
-            pipe.rpush(history_key(job_id), history_entry(state.value, "canceled", f"canceled by {requested_by}"))
+            pipe.rpush(
+                history_key(job_id), history_entry(state.value, "canceled", f"canceled by {requested_by}")
+            )
             pipe.expire(history_key(job_id), job.failure_ttl or Retention().failed_s)
             pipe.execute()
         return "canceled", get_view(conn, job_id)

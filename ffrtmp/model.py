@@ -157,7 +157,7 @@ def parse_bitrate_kbps(value: str | int) -> int:
         kbps = number * {"": 0.001, "k": 1, "m": 1000}[unit]
     if not 32 <= kbps <= 200_000:
         raise ValueError("bitrate must be between 32k and 200M")
-    return int(round(kbps))
+    return round(kbps)
 
 
 def parse_resolution(value: str) -> tuple[int, int]:
@@ -205,7 +205,9 @@ class JobSpec(BaseModel):
     fps: float | None = Field(default=None, gt=0, le=240)
     preset: str | None = Field(default=None, description="Speed preset: " + ", ".join(X264_PRESETS))
     hwaccel: HwAccel = Field(default=HwAccel.auto)
-    timeout: float | None = Field(default=None, gt=0, le=MAX_TIMEOUT_S, description="Seconds before timed_out")
+    timeout: float | None = Field(
+        default=None, gt=0, le=MAX_TIMEOUT_S, description="Seconds before timed_out"
+    )
     max_attempts: int | None = Field(default=None, ge=1, le=10, description="Attempts on platform failures")
     max_cpu_percent: int | None = Field(default=None, ge=1, le=25600, description="100 = one core")
     max_memory_mb: int | None = Field(default=None, ge=64, le=1_048_576)
@@ -284,9 +286,8 @@ class JobSpec(BaseModel):
         if self.hwaccel in HW_FAMILIES and codec not in HW_FAMILIES[self.hwaccel]:
             raise SubmissionError("codec", f"hwaccel {self.hwaccel} has no {codec} encoder")
         out = self.output
-        if preset.kind == "restream":
-            if out is None or not is_url(out):
-                raise SubmissionError("output", "rtmp-restream needs an rtmp:// or rtmps:// output URL")
+        if preset.kind == "restream" and (out is None or not is_url(out)):
+            raise SubmissionError("output", "rtmp-restream needs an rtmp:// or rtmps:// output URL")
         if out is not None and is_url(out) and codec != "h264":
             raise SubmissionError("codec", "RTMP outputs carry H.264 only")
         if preset.kind == "hls" and out is not None and is_url(out):

@@ -50,7 +50,7 @@ def list_nodes(conn: redis.Redis, heartbeat_timeout_s: float) -> list[dict[str, 
         raw = pipe.execute()
     now = time.time()
     out = []
-    for i, name in enumerate(names):
+    for i, _name in enumerate(names):
         blob, draining = raw[2 * i], raw[2 * i + 1]
         if blob is None:
             continue

@@ -1,0 +1,282 @@
+"""The coordinator's HTTP API (aiohttp). Stateless: every request reads or writes Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import posixpath
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from ffrtmp import __version__
+from ffrtmp.auth import ApiKey, KeyRing, role_allows
+from ffrtmp.jobs import SubmitDefaults, cancel, get_view, list_views, logs_key, submit
+from ffrtmp.model import JobSpec, JobState, SubmissionError, is_url, validate_spec
+from ffrtmp.nodes import get_node, list_nodes
+from ffrtmp.queues import ALL_QUEUES, TIERS
+from ffrtmp.redisconn import ping
+
+from .metrics import CoordinatorMetrics
+from .openapi import openapi_spec
+from .recovery import Recovery
+
+log = logging.getLogger("ffrtmp.coordinator")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+MAX_BODY = 64 * 1024
+
+
+@dataclass
+class CoordinatorConfig:
+    redis_url: str
+    keys: KeyRing
+    defaults: SubmitDefaults
+    heartbeat_interval: float = 30.0
+    heartbeat_timeout: float = 90.0
+    scheduler_interval: float = 10.0
+    input_roots: list[str] = field(default_factory=list)
+    output_roots: list[str] = field(default_factory=list)
+    run_recovery: bool = True
+
+
+def error(
+    status: int, code: str, message: str, field_name: str | None = None, headers: dict[str, str] | None = None
+) -> web.Response:
+    body: dict[str, Any] = {"code": code, "message": message}
+    if field_name:
+        body["field"] = field_name
+    return web.json_response({"error": body}, status=status, headers=headers)
+
+
+# route -> role needed; anything not listed needs "viewer"
+PUBLIC = {("GET", "/health")}
+ROLE_NEEDED = {
+    ("POST", "/jobs"): "operator",
+    ("POST", "/jobs/{id}/cancel"): "operator",
+}
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    route = request.match_info.route
+    canonical = getattr(route.resource, "canonical", request.path) if route.resource else request.path
+    if (request.method, canonical) in PUBLIC:
+        return await handler(request)
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    keys: KeyRing = request.app["cfg"].keys
+    key = keys.lookup(token.strip()) if scheme.lower() == "bearer" and token.strip() else None
+    if key is None:
+        return error(
+            401,
+            "unauthorized",
+            "missing or invalid API key (Authorization: Bearer <key>)",
+            headers={"WWW-Authenticate": 'Bearer realm="ffrtmp"'},
+        )
+    needed = ROLE_NEEDED.get((request.method, canonical), "viewer")
+    if not role_allows(key.role, needed):
+        return error(403, "forbidden", f"this needs the {needed} role; key '{key.name}' is {key.role}")
+    request["api_key"] = key
+    return await handler(request)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status >= 400 and exc.content_type != "application/json":
+            code = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}.get(
+                exc.status, "http_error"
+            )
+            return error(exc.status, code, exc.reason)
+        raise
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        log.error("redis unavailable: %s", exc)
+        return error(
+            503,
+            "redis_unavailable",
+            "the job store is unreachable; retry shortly",
+            headers={"Retry-After": "2"},
+        )
+
+
+def _confine(value: str | None, roots: list[str], field_name: str) -> None:
+    """Where the coordinator knows the roots, absolute paths are checked here as well as on
+    the agent (which also resolves symlinks)."""
+    if value is None or is_url(value) or not value.startswith("/") or not roots:
+        return
+    norm = posixpath.normpath(value)
+    if not any(norm == r or norm.startswith(r.rstrip("/") + "/") for r in roots):
+        raise SubmissionError(field_name, f"{field_name} {value} is not under a configured {field_name} root")
+
+
+def _int_param(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SubmissionError(name, f"{name} must be an integer") from None
+    if not lo <= value <= hi:
+        raise SubmissionError(name, f"{name} must be between {lo} and {hi}")
+    return value
+
+
+class Api:
+    def __init__(self, cfg: CoordinatorConfig, conn: redis.Redis) -> None:
+        self.cfg = cfg
+        self.conn = conn
+        self.metrics = CoordinatorMetrics(conn, cfg)
+
+    async def run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return await asyncio.to_thread(fn, *args, **kwargs)
+
+    # --- jobs ---------------------------------------------------------------------------
+    async def submit_job(self, request: web.Request) -> web.Response:
+        try:
+            data = await request.json()
+        except json.JSONDecodeError as exc:
+            return error(400, "invalid_json", f"the body is not valid JSON: {exc.msg}")
+        try:
+            spec: JobSpec = validate_spec(data)
+            _confine(spec.input, self.cfg.input_roots, "input")
+            _confine(spec.output, self.cfg.output_roots, "output")
+        except SubmissionError as exc:
+            return error(422, "invalid_field" if exc.field else "invalid_request", exc.message, exc.field)
+        job_id = await self.run(submit, self.conn, spec, self.cfg.defaults)
+        view = await self.run(get_view, self.conn, job_id)
+        log.info(
+            "job submitted",
+            extra={
+                "job": job_id,
+                "scenario": spec.scenario,
+                "queue": view["rq_queue"],
+                "key": request["api_key"].name,
+            },
+        )
+        return web.json_response(view, status=201, headers={"Location": f"/jobs/{job_id}"})
+
+    async def list_jobs(self, request: web.Request) -> web.Response:
+        q = request.query
+        try:
+            state = q.get("state")
+            if state is not None and state not in {s.value for s in JobState}:
+                raise SubmissionError("state", f"state must be one of {', '.join(s.value for s in JobState)}")
+            queue = q.get("queue")
+            if queue is not None and queue not in TIERS and queue not in ALL_QUEUES:
+                raise SubmissionError("queue", "queue must be a tier (live/default/batch) or a queue name")
+            limit = _int_param(request, "limit", 50, 1, 500)
+            cursor = _int_param(request, "cursor", 0, 0, 2**62)
+        except SubmissionError as exc:
+            return error(422, "invalid_field", exc.message, exc.field)
+        jobs, nxt = await self.run(
+            list_views, self.conn, state=state, queue=queue, node=q.get("node"), cursor=cursor, limit=limit
+        )
+        return web.json_response({"jobs": jobs, "next_cursor": str(nxt) if nxt is not None else None})
+
+    async def get_job(self, request: web.Request) -> web.Response:
+        view = await self.run(get_view, self.conn, request.match_info["id"])
+        if view is None:
+            return error(404, "not_found", f"no job {request.match_info['id']}")
+        return web.json_response(view)
+
+    async def job_logs(self, request: web.Request) -> web.Response:
+        job_id = request.match_info["id"]
+        view = await self.run(get_view, self.conn, job_id)
+        if view is None:
+            return error(404, "not_found", f"no job {job_id}")
+        raw = await self.run(self.conn.hgetall, logs_key(job_id))
+        attempts = {k.decode(): v.decode("utf-8", "replace") for k, v in sorted(raw.items())}
+        return web.json_response({"id": job_id, "state": view["state"], "attempts": attempts})
+
+    async def cancel_job(self, request: web.Request) -> web.Response:
+        job_id = request.match_info["id"]
+        who = request["api_key"].name
+        outcome, view = await self.run(cancel, self.conn, job_id, f"key {who}")
+        if outcome == "missing":
+            return error(404, "not_found", f"no job {job_id}")
+        if outcome == "terminal":
+            return error(
+                409, "already_finished", f"job {job_id} is already {view['state'] if view else 'gone'}"
+            )
+        log.info("cancel %s", outcome, extra={"job": job_id, "key": who})
+        return web.json_response(
+            {"outcome": outcome, "job": view}, status=200 if outcome == "canceled" else 202
+        )
+
+    # --- nodes and queues ------------------------------------------------------------------
+    async def nodes(self, _request: web.Request) -> web.Response:
+        nodes = await self.run(list_nodes, self.conn, self.cfg.heartbeat_timeout)
+        return web.json_response({"nodes": nodes})
+
+    async def node(self, request: web.Request) -> web.Response:
+        rec = await self.run(get_node, self.conn, request.match_info["id"], self.cfg.heartbeat_timeout)
+        if rec is None:
+            return error(404, "not_found", f"no node {request.match_info['id']}")
+        return web.json_response(rec)
+
+    async def queues(self, _request: web.Request) -> web.Response:
+        return web.json_response({"queues": await self.run(self.metrics.queue_stats)})
+
+    # --- service --------------------------------------------------------------------------
+    async def health(self, _request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "version": __version__})
+
+    async def ready(self, _request: web.Request) -> web.Response:
+        ok = await self.run(ping, self.conn)
+        body = {"ready": ok, "redis": "ok" if ok else "unreachable"}
+        return web.json_response(body, status=200 if ok else 503)
+
+    async def metrics_handler(self, _request: web.Request) -> web.Response:
+        body = await self.run(generate_latest, self.metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def openapi(self, _request: web.Request) -> web.Response:
+        return web.json_response(openapi_spec())
+
+
+def build_app(cfg: CoordinatorConfig, conn: redis.Redis) -> web.Application:
+    app = web.Application(middlewares=[error_middleware, auth_middleware], client_max_size=MAX_BODY)
+    app["cfg"] = cfg
+    api = Api(cfg, conn)
+    app["api"] = api
+    r = app.router
+    r.add_post("/jobs", api.submit_job)
+    r.add_get("/jobs", api.list_jobs)
+    r.add_get("/jobs/{id}", api.get_job)
+    r.add_get("/jobs/{id}/logs", api.job_logs)
+    r.add_post("/jobs/{id}/cancel", api.cancel_job)
+    r.add_get("/nodes", api.nodes)
+    r.add_get("/nodes/{id}", api.node)
+    r.add_get("/queues", api.queues)
+    r.add_get("/health", api.health)
+    r.add_get("/ready", api.ready)
+    r.add_get("/metrics", api.metrics_handler)
+    r.add_get("/openapi.json", api.openapi)
+
+    if cfg.run_recovery:
+        recovery = Recovery(conn, cfg, node_id=f"{os.uname().nodename}:{os.getpid()}:{int(time.time())}")
+
+        async def start_recovery(app: web.Application) -> None:
+            app["recovery_task"] = asyncio.create_task(recovery.loop())
+
+        async def stop_recovery(app: web.Application) -> None:
+            app["recovery_task"].cancel()
+            await asyncio.gather(app["recovery_task"], return_exceptions=True)
+            await asyncio.to_thread(recovery.release)
+
+        app.on_startup.append(start_recovery)
+        app.on_cleanup.append(stop_recovery)
+    return app
+
+
+__all__ = ["ApiKey", "CoordinatorConfig", "build_app"]

@@ -1,0 +1,229 @@
+"""The OpenAPI 3 document, generated from the pydantic models the API validates with."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from ffrtmp import __version__
+from ffrtmp.model import JobSpec, JobState
+
+
+class HistoryEntry(BaseModel):
+    time: str
+    from_: str | None = Field(alias="from")
+    to: str
+    reason: str
+    node: str | None
+    attempt: int
+
+
+class JobView(BaseModel):
+    id: str
+    state: JobState
+    scenario: str
+    queue: str
+    priority: str
+    hwaccel: str
+    rq_queue: str
+    node: str | None
+    slot: str | None
+    attempts: int
+    max_attempts: int | None
+    progress: dict[str, Any] | None = Field(
+        description="frame, fps, bitrate_kbps, out_time_s, speed; percent and eta_s if duration is known"
+    )
+    error: dict[str, Any] | None = Field(description="reason, message, exit_code, stderr_tail")
+    created_at: str | None
+    started_at: str | None
+    ended_at: str | None
+    input: str | None
+    output: str | None
+    result: dict[str, Any] | None = Field(description="ffprobe's view of the verified output")
+    labels: dict[str, str]
+    spec: dict[str, Any]
+    history: list[HistoryEntry] | None = None
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    field: str | None = None
+
+
+class Error(BaseModel):
+    error: ErrorBody
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _err(description: str) -> dict[str, Any]:
+    return _json(_ref("Error"), description)
+
+
+@cache
+def openapi_spec() -> dict[str, Any]:
+    schemas: dict[str, Any] = {}
+    for model in (JobSpec, JobView, Error):
+        s = model.model_json_schema(ref_template="#/components/schemas/{model}", by_alias=True)
+        schemas.update(s.pop("$defs", {}))
+        schemas[model.__name__] = s
+    auth = {"401": _err("missing or invalid API key"), "403": _err("the key's role is not enough")}
+    job_id = [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}]
+    obj = {"type": "object"}
+    paths: dict[str, Any] = {
+        "/jobs": {
+            "post": {
+                "summary": "Submit a job",
+                "operationId": "submitJob",
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("JobSpec")}},
+                },
+                "responses": {
+                    "201": _json(_ref("JobView"), "queued"),
+                    "400": _err("body is not JSON"),
+                    "422": _err("a field is invalid; `field` names it"),
+                    **auth,
+                },
+            },
+            "get": {
+                "summary": "List jobs, newest first",
+                "operationId": "listJobs",
+                "parameters": [
+                    {
+                        "name": "state",
+                        "in": "query",
+                        "schema": {"type": "string", "enum": [s.value for s in JobState]},
+                    },
+                    {"name": "queue", "in": "query", "schema": {"type": "string"}},
+                    {"name": "node", "in": "query", "schema": {"type": "string"}},
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 50},
+                    },
+                    {"name": "cursor", "in": "query", "schema": {"type": "string"}},
+                ],
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "properties": {
+                                "jobs": {"type": "array", "items": _ref("JobView")},
+                                "next_cursor": {"type": ["string", "null"]},
+                            },
+                        },
+                        "a page of jobs",
+                    ),
+                    "422": _err("a filter is invalid"),
+                    **auth,
+                },
+            },
+        },
+        "/jobs/{id}": {
+            "get": {
+                "summary": "One job",
+                "operationId": "getJob",
+                "parameters": job_id,
+                "responses": {"200": _json(_ref("JobView"), "the job"), "404": _err("no such job"), **auth},
+            }
+        },
+        "/jobs/{id}/logs": {
+            "get": {
+                "summary": "FFmpeg stderr tail per attempt",
+                "operationId": "jobLogs",
+                "parameters": job_id,
+                "responses": {"200": _json(obj, "logs"), "404": _err("no such job"), **auth},
+            }
+        },
+        "/jobs/{id}/cancel": {
+            "post": {
+                "summary": "Cancel a job",
+                "operationId": "cancelJob",
+                "parameters": job_id,
+                "responses": {
+                    "200": _json(obj, "canceled (it was queued)"),
+                    "202": _json(obj, "cancel requested (it is running)"),
+                    "404": _err("no such job"),
+                    "409": _err("already finished"),
+                    **auth,
+                },
+            }
+        },
+        "/nodes": {
+            "get": {
+                "summary": "Agents",
+                "operationId": "listNodes",
+                "responses": {"200": _json(obj, "nodes"), **auth},
+            }
+        },
+        "/nodes/{id}": {
+            "get": {
+                "summary": "One agent",
+                "operationId": "getNode",
+                "parameters": job_id,
+                "responses": {"200": _json(obj, "node"), "404": _err("no such node"), **auth},
+            }
+        },
+        "/queues": {
+            "get": {
+                "summary": "Queue depths, registries and oldest-job age",
+                "operationId": "queues",
+                "responses": {"200": _json(obj, "queues"), **auth},
+            }
+        },
+        "/health": {
+            "get": {
+                "summary": "Liveness (no auth)",
+                "operationId": "health",
+                "security": [],
+                "responses": {"200": _json(obj, "alive")},
+            }
+        },
+        "/ready": {
+            "get": {
+                "summary": "Readiness: Redis reachable",
+                "operationId": "ready",
+                "responses": {"200": _json(obj, "ready"), "503": _json(obj, "not ready"), **auth},
+            }
+        },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics",
+                "operationId": "metrics",
+                "responses": {
+                    "200": {
+                        "description": "text exposition format",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    },
+                    **auth,
+                },
+            }
+        },
+        "/openapi.json": {
+            "get": {
+                "summary": "This document",
+                "operationId": "openapi",
+                "responses": {"200": _json(obj, "OpenAPI 3 document"), **auth},
+            }
+        },
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "ffrtmp coordinator", "version": __version__},
+        "paths": paths,
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        "security": [{"bearer": []}],
+    }
