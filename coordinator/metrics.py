@@ -21,7 +21,7 @@ from rq.registry import (
     ScheduledJobRegistry,
     StartedJobRegistry,
 )
-from rq.utils import parse_timestamp
+from rq.utils import utcparse
 
 from ffrtmp import __version__
 from ffrtmp.jobs import SUBMITTED_COUNTER
@@ -82,9 +82,7 @@ class CoordinatorMetrics:
             ages = {}
             for (name, _jid), ts in zip(heads.items(), stamps, strict=True):
                 if ts:
-                    enq = parse_timestamp(ts.decode())
-                    if enq is not None:
-                        ages[name] = max(0.0, now - enq.timestamp())
+                    ages[name] = max(0.0, now - utcparse(ts.decode()).timestamp())
             for stats in out:
                 stats["oldest_age_s"] = round(ages.get(stats["name"], 0.0), 3)
         else:
