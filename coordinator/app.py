@@ -146,6 +146,8 @@ class Api:
             data = await request.json()
         except json.JSONDecodeError as exc:
             return error(400, "invalid_json", f"the body is not valid JSON: {exc.msg}")
+        except UnicodeDecodeError:
+            return error(400, "invalid_json", "the body is not UTF-8 text")
         try:
             spec: JobSpec = validate_spec(data)
             _confine(spec.input, self.cfg.input_roots, "input")

@@ -93,11 +93,13 @@ def _job_detail(j: dict[str, Any]) -> str:
     out = [
         f"id:        {j['id']}",
         f"state:     {j['state']}",
-        f"scenario:  {j['scenario']}   queue: {j['queue']}/{j['priority']} ({j['rq_queue']})   hwaccel: {j['hwaccel']}",
+        f"scenario:  {j['scenario']}   queue: {j['queue']}/{j['priority']} ({j['rq_queue']})   "
+        f"hwaccel: {j['hwaccel']}",
         f"node:      {j.get('node') or '-'}   attempts: {j.get('attempts', 0)}/{j.get('max_attempts')}",
         f"input:     {j.get('input') or 'test pattern'}",
         f"output:    {j.get('output') or '-'}",
-        f"created:   {j.get('created_at')}   started: {j.get('started_at') or '-'}   ended: {j.get('ended_at') or '-'}",
+        f"created:   {j.get('created_at')}   started: {j.get('started_at') or '-'}   "
+        f"ended: {j.get('ended_at') or '-'}",
     ]
     p = j.get("progress")
     if p:
@@ -144,7 +146,7 @@ def _bar(j: dict[str, Any], width: int = 30) -> str:
     pct = (j.get("progress") or {}).get("percent")
     if pct is None:
         return f"{j['id']} {j['state']:<9} {_progress_text(j) if j.get('progress') else ''}"
-    fill = int(round(width * pct / 100))
+    fill = round(width * pct / 100)
     return f"{j['id']} [{'#' * fill}{'.' * (width - fill)}] {j['state']:<9} {_progress_text(j)}"
 
 
@@ -369,7 +371,8 @@ def nodes_describe(ctx: Ctx, name: str) -> None:
         f"name:        {n['name']}  ({n['state']}, heartbeat {n.get('heartbeat_age_s', 0):.0f}s ago)",
         f"version:     {n.get('version')}   ffmpeg: {n.get('ffmpeg_version')}",
         f"slots:       {n.get('slots_busy', 0)}/{n.get('slots')} busy ({n.get('live_slots')} live-only)",
-        f"hardware:    {', '.join(n.get('capabilities') or []) or 'none'}; cpu threads {n.get('cpu_threads')}, "
+        f"hardware:    {', '.join(n.get('capabilities') or []) or 'none'}; "
+        f"cpu threads {n.get('cpu_threads')}, "
         f"memory {int(n.get('memory_bytes', 0)) // 2**20} MiB, disk free {n.get('disk_free_ratio', 0):.0%}",
         f"encoders:    {enc}",
         f"gpus:        {', '.join(g['model'] for g in n.get('gpus') or []) or 'none'}",

@@ -1,0 +1,249 @@
+"""End to end through the `ffrtmp` CLI against `ffrtmp up`, checked with ffprobe."""
+
+import http.server
+import os
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.conftest import LocalFleet, ffprobe, free_port, make_clip, require, video_stream
+
+pytestmark = pytest.mark.e2e
+TERMINAL = {"completed", "failed", "timed_out", "canceled", "rejected"}
+
+
+def wait_terminal(fleet, job_id, timeout=240):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = fleet.cli_json("jobs", "status", job_id)
+        if job["state"] in TERMINAL:
+            return job
+        time.sleep(0.3)
+    raise AssertionError(f"job {job_id} not terminal after {timeout}s: {job}")
+
+
+def wait_state(fleet, job_id, state, timeout=60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = fleet.cli_json("jobs", "status", job_id)
+        if job["state"] == state:
+            return job
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id} never reached {state}: {job}")
+
+
+def submit(fleet, *args):
+    job = fleet.cli_json("jobs", "submit", *args)
+    assert "id" in job, job
+    return job["id"]
+
+
+def assert_media(path, codec, width, height, duration, tol=0.35):
+    info = ffprobe(path)
+    v = video_stream(info)
+    assert v["codec_name"] == codec, (path, v["codec_name"])
+    assert (v["width"], v["height"]) == (width, height)
+    assert abs(float(info["format"]["duration"]) - duration) <= tol, info["format"]["duration"]
+    assert any(s["codec_type"] == "audio" for s in info["streams"])
+
+
+FILE_CASES = [
+    ("1080p-h264", ["--duration", "2"], "h264", 1920, 1080, 2),
+    ("720p-h264", ["--duration", "2"], "h264", 1280, 720, 2),
+    ("480p-h264", ["--duration", "2"], "h264", 854, 480, 2),
+    ("4k-h265", ["--duration", "1", "--fps", "5"], "hevc", 3840, 2160, 1),
+    ("live-4k", ["--duration", "1", "--fps", "10", "--queue", "live", "--priority", "high"], "h264", 3840, 2160, 1),
+    ("720p-h264", ["--duration", "2", "--codec", "vp9", "--output", "vp9/clip.webm"], "vp9", 1280, 720, 2),
+]
+
+
+@pytest.mark.parametrize(("scenario", "extra", "codec", "w", "h", "dur"), FILE_CASES)
+def test_file_scenarios_complete_and_ffprobe_agrees(fleet, scenario, extra, codec, w, h, dur):
+    res = fleet.cli("jobs", "submit", "--scenario", scenario, *extra, "--wait", timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "Traceback" not in res.stderr
+    line = res.stdout.strip().splitlines()[-1]
+    assert line.startswith("job ") and " completed: " in line
+    out = line.split(" completed: ", 1)[1]
+    assert out.startswith(str(fleet.outputs)) and os.path.isfile(out)
+    assert_media(out, codec, w, h, dur)
+    # no temporary file is left beside the output
+    assert not [p for p in Path(out).parent.iterdir() if p.name.startswith(".")]
+
+
+def test_transcode_of_a_real_clip_from_an_input_root(fleet):
+    make_clip(fleet.inputs / "src.mp4", seconds=3, size="1280x720")
+    jid = submit(fleet, "--scenario", "480p-h264", "--input", "src.mp4", "--output", "from-src.mp4")
+    job = wait_terminal(fleet, jid)
+    assert job["state"] == "completed", job
+    assert_media(fleet.outputs / "from-src.mp4", "h264", 854, 480, 3)
+    assert job["progress"]["percent"] == 100.0  # duration known from ffprobe of the input
+
+
+def test_hls_ladder_playlists_parse_and_renditions_are_right(fleet):
+    jid = submit(fleet, "--scenario", "hls-ladder", "--duration", "2", "--output", "ladder")
+    job = wait_terminal(fleet, jid)
+    assert job["state"] == "completed", job
+    root = fleet.outputs / "ladder"
+    master = (root / "master.m3u8").read_text().splitlines()
+    assert master[0] == "#EXTM3U"
+    variants = [master[i + 1] for i, ln in enumerate(master) if ln.startswith("#EXT-X-STREAM-INF")]
+    assert len(variants) == 3
+    sizes = set()
+    for rel in variants:
+        playlist = (root / rel).read_text()
+        assert playlist.startswith("#EXTM3U") and "#EXT-X-ENDLIST" in playlist
+        segs = [ln for ln in playlist.splitlines() if ln and not ln.startswith("#")]
+        assert segs and all((root / rel).parent.joinpath(s).is_file() for s in segs)
+        v = video_stream(ffprobe(root / rel))
+        sizes.add((v["width"], v["height"]))
+        assert v["codec_name"] == "h264"
+    assert sizes == {(1920, 1080), (1280, 720), (854, 480)}
+
+
+def test_http_input(fleet, tmp_path):
+    make_clip(tmp_path / "web.mp4", seconds=2)
+    handler = lambda *a, **k: http.server.SimpleHTTPRequestHandler(*a, directory=str(tmp_path), **k)  # noqa: E731
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        jid = submit(fleet, "--scenario", "480p-h264", "--input",
+                     f"http://127.0.0.1:{srv.server_address[1]}/web.mp4", "--output", "from-http.mp4")
+        job = wait_terminal(fleet, jid)
+    finally:
+        srv.shutdown()
+    assert job["state"] == "completed", job
+    assert_media(fleet.outputs / "from-http.mp4", "h264", 854, 480, 2)
+
+
+def test_rtmp_restream_pushes_to_a_real_rtmp_listener(fleet, tmp_path):
+    require("ffmpeg")
+    port = free_port()
+    received = tmp_path / "received.flv"
+    listener = subprocess.Popen(
+        ["ffmpeg", "-hide_banner", "-loglevel", "error", "-listen", "1", "-timeout", "60",
+         "-i", f"rtmp://127.0.0.1:{port}/live/test", "-c", "copy", "-y", str(received)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    try:
+        time.sleep(1)
+        jid = submit(fleet, "--scenario", "rtmp-restream", "--duration", "3", "--resolution", "640x360",
+                     "--output", f"rtmp://127.0.0.1:{port}/live/test")
+        job = wait_terminal(fleet, jid)
+        assert job["state"] == "completed", job
+        listener.wait(30)
+    finally:
+        listener.kill()
+    assert_media(received, "h264", 640, 360, 3, tol=0.5)
+
+
+def test_go_system_commands_work_verbatim_and_cancel_stops_ffmpeg(fleet):
+    res = fleet.cli("jobs", "submit", "--scenario", "live-4k", "--queue", "live", "--priority", "high",
+                    "--duration", "3600", "--bitrate", "10000k", check=True)
+    jid = res.stdout.split()[1]
+    job = wait_state(fleet, jid, "running")
+    status = fleet.cli("jobs", "status", check=True)
+    assert jid in status.stdout and "running" in status.stdout
+    detail = fleet.cli("jobs", "status", jid, check=True).stdout
+    assert "live-4k" in detail and "live/high" in detail
+    time.sleep(1)
+    res = fleet.cli("jobs", "cancel", jid, check=True)
+    assert "cancel requested" in res.stdout
+    job = wait_terminal(fleet, jid, timeout=45)
+    assert job["state"] == "canceled" and job["error"]["reason"] == "canceled"
+    assert [h["to"] for h in job["history"]][-1] == "canceled"
+    run_dir = job.get("spec") and fleet.state / "agent" / "runs" / jid
+    pids = [p.info["pid"] for p in psutil.process_iter(["pid", "cmdline"])
+            if p.info["cmdline"] and p.info["cmdline"][0].endswith("ffmpeg") and jid in " ".join(p.info["cmdline"])]
+    assert not pids and run_dir.exists()
+    assert not list(fleet.outputs.glob(f".{jid}*"))  # temp output removed
+
+
+def test_cancel_queued_job_never_runs(fleet):
+    # fill the live slot and the general slot, then cancel a queued batch job
+    blockers = [submit(fleet, "--scenario", "live-4k", "--queue", q, "--duration", "30", "--resolution",
+                       "320x240") for q in ("live", "default")]
+    for b in blockers:
+        wait_state(fleet, b, "running")
+    jid = submit(fleet, "--scenario", "480p-h264", "--queue", "batch", "--duration", "1")
+    res = fleet.cli("jobs", "cancel", jid, check=True)
+    assert f"{jid} canceled" in res.stdout
+    job = fleet.cli_json("jobs", "status", jid)
+    assert job["state"] == "canceled" and job["attempts"] == 0
+    again = fleet.cli("jobs", "cancel", jid)
+    assert again.returncode != 0 and "already" in again.stderr
+    for b in blockers:
+        fleet.cli("jobs", "cancel", b, check=True)
+        assert wait_terminal(fleet, b, timeout=45)["state"] == "canceled"
+
+
+def test_workload_failure_is_terminal_with_ffmpeg_error(fleet):
+    (fleet.inputs / "corrupt.mp4").write_bytes(b"\x00\x01not a video" * 100)
+    res = fleet.cli("jobs", "submit", "--scenario", "480p-h264", "--input", "corrupt.mp4", "--wait")
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert " failed: ffmpeg_error" in res.stdout
+    jid = res.stdout.split()[1]
+    job = fleet.cli_json("jobs", "status", jid)
+    assert job["attempts"] == 1 and job["error"]["exit_code"] not in (0, None)
+    assert "Invalid data" in job["error"]["stderr_tail"] or "moov atom" in job["error"]["stderr_tail"]
+    logs = fleet.cli("jobs", "logs", jid, check=True).stdout
+    assert "--- attempt 1 ---" in logs
+
+
+def test_missing_input_fails_without_retry(fleet):
+    jid = submit(fleet, "--scenario", "480p-h264", "--input", "no-such-file.mp4")
+    job = wait_terminal(fleet, jid)
+    assert job["state"] == "failed" and job["error"]["reason"] == "input_not_found" and job["attempts"] == 1
+
+
+def test_cli_user_errors_are_one_line_without_traceback(fleet):
+    cases = [
+        (["jobs", "submit", "--scenario", "720p-h264", "--input", "../etc/passwd"], "input"),
+        (["jobs", "submit", "--scenario", "720p-h264", "--bitrate", "lots"], "bitrate"),
+        (["jobs", "submit", "--scenario", "nope"], "scenario"),
+        (["jobs", "status", "jdoesnotexist"], "no job"),
+        (["--api-key", "ffr_wrong", "jobs", "list"], "API key"),
+        (["--url", "http://127.0.0.1:1", "jobs", "list"], "coordinator"),
+    ]
+    for args, word in cases:
+        res = fleet.cli(*args, timeout=60)
+        assert res.returncode != 0, args
+        assert "Traceback" not in res.stderr and word in res.stderr, (args, res.stderr)
+
+
+def test_output_json_prints_exactly_what_the_api_returned(fleet):
+    import json
+    import urllib.request
+
+    req = urllib.request.Request(fleet.url + "/nodes", headers={"Authorization": f"Bearer {fleet.api_key}"})
+    api = json.loads(urllib.request.urlopen(req).read())
+    cli = fleet.cli_json("nodes", "list")
+    assert cli.keys() == api.keys() and [n["name"] for n in cli["nodes"]] == [n["name"] for n in api["nodes"]]
+    text = fleet.cli("nodes", "list", check=True).stdout
+    assert "alive" in text
+
+
+def test_up_stops_cleanly_with_nothing_left_running(tmp_path):
+    f = LocalFleet(tmp_path)
+    state = str(f.state)
+    jid = f.cli_json("jobs", "submit", "--scenario", "live-4k", "--duration", "600", "--resolution",
+                     "320x240", "--queue", "live")["id"]
+    wait_state(f, jid, "running")
+    children = psutil.Process(f.proc.pid).children(recursive=True)
+    assert children
+    assert f.stop() == 0
+    time.sleep(0.5)
+    left = []
+    for p in psutil.process_iter(["pid", "cmdline", "environ"]):
+        try:
+            cmd = " ".join(p.info["cmdline"] or [])
+        except psutil.Error:
+            continue
+        if state in cmd or jid in cmd:
+            left.append(cmd)
+    assert not left, left
+    assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
