@@ -98,6 +98,7 @@ class Fleet:
     input_roots: list[str] = field(default_factory=list)
     heartbeat_interval: str = "30s"
     scheduler_interval: str = "10s"
+    drain_timeout: str = "10s"
     log_to_files: bool = True
     api_key: str = field(default_factory=new_key)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)

@@ -80,7 +80,7 @@ def make_clip(path: Path, seconds: float = 2, size: str = "640x360", fps: int = 
         ["ffmpeg", "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i",
          f"testsrc2=size={size}:rate={fps}:duration={seconds}", "-f", "lavfi", "-i",
          f"sine=frequency=440:duration={seconds}", "-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac",
-         "-shortest", str(path)],
+         "-shortest", "-movflags", "+faststart", str(path)],
         check=True,
     )
     return path

@@ -164,11 +164,12 @@ def test_go_system_commands_work_verbatim_and_cancel_stops_ffmpeg(fleet):
 
 
 def test_cancel_queued_job_never_runs(fleet):
-    # fill the live slot and the general slot, then cancel a queued batch job
-    blockers = [submit(fleet, "--scenario", "live-4k", "--queue", q, "--duration", "30", "--resolution",
-                       "320x240") for q in ("live", "default")]
-    for b in blockers:
-        wait_state(fleet, b, "running")
+    # fill the general slot (default work), then the live-only slot, then cancel a queued batch job
+    blockers = []
+    for q in ("default", "live"):
+        blockers.append(submit(fleet, "--scenario", "live-4k", "--queue", q, "--duration", "60", "--resolution",
+                               "320x240"))
+        wait_state(fleet, blockers[-1], "running")
     jid = submit(fleet, "--scenario", "480p-h264", "--queue", "batch", "--duration", "1")
     res = fleet.cli("jobs", "cancel", jid, check=True)
     assert f"{jid} canceled" in res.stdout
