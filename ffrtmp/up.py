@@ -251,7 +251,7 @@ class Fleet:
             "--heartbeat-interval",
             self.heartbeat_interval,
             "--drain-timeout",
-            "60s",
+            self.drain_timeout,
         ]
         for root in inputs:
             agent_argv += ["--input-root", root]

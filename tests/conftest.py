@@ -77,10 +77,31 @@ def make_clip(path: Path, seconds: float = 2, size: str = "640x360", fps: int = 
     """A real H.264/AAC clip made by ffmpeg."""
     require("ffmpeg")
     subprocess.run(
-        ["ffmpeg", "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i",
-         f"testsrc2=size={size}:rate={fps}:duration={seconds}", "-f", "lavfi", "-i",
-         f"sine=frequency=440:duration={seconds}", "-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac",
-         "-shortest", "-movflags", "+faststart", str(path)],
+        [
+            "ffmpeg",
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            f"testsrc2=size={size}:rate={fps}:duration={seconds}",
+            "-f",
+            "lavfi",
+            "-i",
+            f"sine=frequency=440:duration={seconds}",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-c:a",
+            "aac",
+            "-shortest",
+            "-movflags",
+            "+faststart",
+            str(path),
+        ],
         check=True,
     )
     return path
@@ -90,7 +111,8 @@ def ffprobe(path: str | Path) -> dict:
     require("ffprobe")
     out = subprocess.run(
         ["ffprobe", "-v", "error", "-print_format", "json", "-show_format", "-show_streams", str(path)],
-        capture_output=True, check=True,
+        capture_output=True,
+        check=True,
     )
     return json.loads(out.stdout)
 
@@ -114,9 +136,22 @@ class LocalFleet:
         self.env.pop("FFRTMP_API_KEY", None)
         self.log = open(tmp / "up.log", "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [str(BIN / "ffrtmp"), "up", "--port", str(self.port), "--slots", str(slots),
-             "--metrics-port", str(self.metrics_port), "--state-dir", str(self.state)],
-            stdout=self.log, stderr=subprocess.STDOUT, env=self.env, cwd=tmp,
+            [
+                str(BIN / "ffrtmp"),
+                "up",
+                "--port",
+                str(self.port),
+                "--slots",
+                str(slots),
+                "--metrics-port",
+                str(self.metrics_port),
+                "--state-dir",
+                str(self.state),
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+            cwd=tmp,
         )
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
@@ -140,8 +175,14 @@ class LocalFleet:
         return self.state / "inputs"
 
     def cli(self, *args: str, timeout: float = 300, check: bool = False) -> subprocess.CompletedProcess[str]:
-        res = subprocess.run([str(BIN / "ffrtmp"), *args], capture_output=True, text=True, env=self.env,
-                             timeout=timeout, cwd=self.tmp)
+        res = subprocess.run(
+            [str(BIN / "ffrtmp"), *args],
+            capture_output=True,
+            text=True,
+            env=self.env,
+            timeout=timeout,
+            cwd=self.tmp,
+        )
         if check and res.returncode != 0:
             raise AssertionError(f"ffrtmp {' '.join(args)} -> {res.returncode}\n{res.stdout}\n{res.stderr}")
         return res

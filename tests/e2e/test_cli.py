@@ -56,7 +56,14 @@ FILE_CASES = [
     ("720p-h264", ["--duration", "2"], "h264", 1280, 720, 2),
     ("480p-h264", ["--duration", "2"], "h264", 854, 480, 2),
     ("4k-h265", ["--duration", "1", "--fps", "5"], "hevc", 3840, 2160, 1),
-    ("live-4k", ["--duration", "1", "--fps", "10", "--queue", "live", "--priority", "high"], "h264", 3840, 2160, 1),
+    (
+        "live-4k",
+        ["--duration", "1", "--fps", "10", "--queue", "live", "--priority", "high"],
+        "h264",
+        3840,
+        2160,
+        1,
+    ),
     ("720p-h264", ["--duration", "2", "--codec", "vp9", "--output", "vp9/clip.webm"], "vp9", 1280, 720, 2),
 ]
 
@@ -111,8 +118,15 @@ def test_http_input(fleet, tmp_path):
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     try:
-        jid = submit(fleet, "--scenario", "480p-h264", "--input",
-                     f"http://127.0.0.1:{srv.server_address[1]}/web.mp4", "--output", "from-http.mp4")
+        jid = submit(
+            fleet,
+            "--scenario",
+            "480p-h264",
+            "--input",
+            f"http://127.0.0.1:{srv.server_address[1]}/web.mp4",
+            "--output",
+            "from-http.mp4",
+        )
         job = wait_terminal(fleet, jid)
     finally:
         srv.shutdown()
@@ -125,14 +139,38 @@ def test_rtmp_restream_pushes_to_a_real_rtmp_listener(fleet, tmp_path):
     port = free_port()
     received = tmp_path / "received.flv"
     listener = subprocess.Popen(
-        ["ffmpeg", "-hide_banner", "-loglevel", "error", "-listen", "1", "-timeout", "60",
-         "-i", f"rtmp://127.0.0.1:{port}/live/test", "-c", "copy", "-y", str(received)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        [
+            "ffmpeg",
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-listen",
+            "1",
+            "-timeout",
+            "60",
+            "-i",
+            f"rtmp://127.0.0.1:{port}/live/test",
+            "-c",
+            "copy",
+            "-y",
+            str(received),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     try:
         time.sleep(1)
-        jid = submit(fleet, "--scenario", "rtmp-restream", "--duration", "3", "--resolution", "640x360",
-                     "--output", f"rtmp://127.0.0.1:{port}/live/test")
+        jid = submit(
+            fleet,
+            "--scenario",
+            "rtmp-restream",
+            "--duration",
+            "3",
+            "--resolution",
+            "640x360",
+            "--output",
+            f"rtmp://127.0.0.1:{port}/live/test",
+        )
         job = wait_terminal(fleet, jid)
         assert job["state"] == "completed", job
         listener.wait(30)
@@ -142,8 +180,21 @@ def test_rtmp_restream_pushes_to_a_real_rtmp_listener(fleet, tmp_path):
 
 
 def test_go_system_commands_work_verbatim_and_cancel_stops_ffmpeg(fleet):
-    res = fleet.cli("jobs", "submit", "--scenario", "live-4k", "--queue", "live", "--priority", "high",
-                    "--duration", "3600", "--bitrate", "10000k", check=True)
+    res = fleet.cli(
+        "jobs",
+        "submit",
+        "--scenario",
+        "live-4k",
+        "--queue",
+        "live",
+        "--priority",
+        "high",
+        "--duration",
+        "3600",
+        "--bitrate",
+        "10000k",
+        check=True,
+    )
     jid = res.stdout.split()[1]
     job = wait_state(fleet, jid, "running")
     status = fleet.cli("jobs", "status", check=True)
@@ -157,8 +208,13 @@ def test_go_system_commands_work_verbatim_and_cancel_stops_ffmpeg(fleet):
     assert job["state"] == "canceled" and job["error"]["reason"] == "canceled"
     assert [h["to"] for h in job["history"]][-1] == "canceled"
     run_dir = job.get("spec") and fleet.state / "agent" / "runs" / jid
-    pids = [p.info["pid"] for p in psutil.process_iter(["pid", "cmdline"])
-            if p.info["cmdline"] and p.info["cmdline"][0].endswith("ffmpeg") and jid in " ".join(p.info["cmdline"])]
+    pids = [
+        p.info["pid"]
+        for p in psutil.process_iter(["pid", "cmdline"])
+        if p.info["cmdline"]
+        and p.info["cmdline"][0].endswith("ffmpeg")
+        and jid in " ".join(p.info["cmdline"])
+    ]
     assert not pids and run_dir.exists()
     assert not list(fleet.outputs.glob(f".{jid}*"))  # temp output removed
 
@@ -167,8 +223,11 @@ def test_cancel_queued_job_never_runs(fleet):
     # fill the general slot (default work), then the live-only slot, then cancel a queued batch job
     blockers = []
     for q in ("default", "live"):
-        blockers.append(submit(fleet, "--scenario", "live-4k", "--queue", q, "--duration", "60", "--resolution",
-                               "320x240"))
+        blockers.append(
+            submit(
+                fleet, "--scenario", "live-4k", "--queue", q, "--duration", "60", "--resolution", "320x240"
+            )
+        )
         wait_state(fleet, blockers[-1], "running")
     jid = submit(fleet, "--scenario", "480p-h264", "--queue", "batch", "--duration", "1")
     res = fleet.cli("jobs", "cancel", jid, check=True)
@@ -231,8 +290,18 @@ def test_output_json_prints_exactly_what_the_api_returned(fleet):
 def test_up_stops_cleanly_with_nothing_left_running(tmp_path):
     f = LocalFleet(tmp_path)
     state = str(f.state)
-    jid = f.cli_json("jobs", "submit", "--scenario", "live-4k", "--duration", "600", "--resolution",
-                     "320x240", "--queue", "live")["id"]
+    jid = f.cli_json(
+        "jobs",
+        "submit",
+        "--scenario",
+        "live-4k",
+        "--duration",
+        "600",
+        "--resolution",
+        "320x240",
+        "--queue",
+        "live",
+    )["id"]
     wait_state(f, jid, "running")
     children = psutil.Process(f.proc.pid).children(recursive=True)
     assert children

@@ -1,5 +1,6 @@
 """Priority order and capability routing on a real agent."""
 
+import itertools
 import json
 import time
 
@@ -15,8 +16,9 @@ SMALL = ["--scenario", "480p-h264", "--duration", "1", "--resolution", "320x240"
 def test_live_high_jumps_ahead_of_earlier_batch_low_and_fifo_holds(tmp_path):
     f = LocalFleet(tmp_path, slots=1)
     try:
-        blocker = submit(f, "--scenario", "live-4k", "--duration", "4", "--resolution", "320x240",
-                         "--queue", "default")
+        blocker = submit(
+            f, "--scenario", "live-4k", "--duration", "4", "--resolution", "320x240", "--queue", "default"
+        )
         wait_state(f, blocker, "running")
         batch = [submit(f, *SMALL, "--queue", "batch", "--priority", "low") for _ in range(3)]
         live = submit(f, *SMALL, "--queue", "live", "--priority", "high")
@@ -26,7 +28,7 @@ def test_live_high_jumps_ahead_of_earlier_batch_low_and_fifo_holds(tmp_path):
         started = [jobs[j]["started_at"] for j in order]
         assert started == sorted(started), list(zip(order, started, strict=True))
         # one slot: each job started only after the previous one ended
-        for a, b in zip(order, order[1:], strict=False):
+        for a, b in itertools.pairwise(order):
             assert jobs[a]["ended_at"] <= jobs[b]["started_at"]
     finally:
         f.stop()

@@ -38,9 +38,17 @@ def enqueued_count(fleet):
 
 def test_health_is_open_everything_else_needs_a_key(fleet):
     assert call(fleet, "GET", "/health", key=None)[0] == 200
-    for method, path in [("GET", "/jobs"), ("POST", "/jobs"), ("GET", "/nodes"), ("GET", "/queues"),
-                         ("GET", "/metrics"), ("GET", "/openapi.json"), ("GET", "/ready"),
-                         ("GET", "/jobs/jx"), ("POST", "/jobs/jx/cancel")]:
+    for method, path in [
+        ("GET", "/jobs"),
+        ("POST", "/jobs"),
+        ("GET", "/nodes"),
+        ("GET", "/queues"),
+        ("GET", "/metrics"),
+        ("GET", "/openapi.json"),
+        ("GET", "/ready"),
+        ("GET", "/jobs/jx"),
+        ("POST", "/jobs/jx/cancel"),
+    ]:
         status, body = call(fleet, method, path, body={"scenario": "720p-h264"}, key=None)
         assert status == 401 and body["error"]["code"] == "unauthorized", (method, path)
         status, body = call(fleet, method, path, body={"scenario": "720p-h264"}, key="ffr_wrong")
@@ -79,8 +87,18 @@ def test_query_parameters_are_validated(fleet):
 def test_openapi_is_valid_openapi3_and_names_every_route(fleet):
     status, spec = call(fleet, "GET", "/openapi.json")
     assert status == 200 and spec["openapi"].startswith("3.")
-    for path in ["/jobs", "/jobs/{id}", "/jobs/{id}/logs", "/jobs/{id}/cancel", "/nodes", "/nodes/{id}",
-                 "/queues", "/health", "/ready", "/metrics"]:
+    for path in [
+        "/jobs",
+        "/jobs/{id}",
+        "/jobs/{id}/logs",
+        "/jobs/{id}/cancel",
+        "/nodes",
+        "/nodes/{id}",
+        "/queues",
+        "/health",
+        "/ready",
+        "/metrics",
+    ]:
         assert path in spec["paths"], path
     assert "JobSpec" in spec["components"]["schemas"]
     assert set(spec["components"]["schemas"]["JobSpec"]["properties"]) >= {"scenario", "queue", "priority"}
@@ -92,9 +110,19 @@ def test_openapi_is_valid_openapi3_and_names_every_route(fleet):
 def test_submit_get_list_logs_and_pagination(fleet):
     ids = []
     for _ in range(3):
-        status, job = call(fleet, "POST", "/jobs", {"scenario": "480p-h264", "duration": 1,
-                                                     "resolution": "320x240", "queue": "batch",
-                                                     "priority": "low", "labels": {"suite": "api"}})
+        status, job = call(
+            fleet,
+            "POST",
+            "/jobs",
+            {
+                "scenario": "480p-h264",
+                "duration": 1,
+                "resolution": "320x240",
+                "queue": "batch",
+                "priority": "low",
+                "labels": {"suite": "api"},
+            },
+        )
         assert status == 201 and job["state"] in ("queued", "running")
         ids.append(job["id"])
     status, page1 = call(fleet, "GET", "/jobs?limit=2")
@@ -107,8 +135,22 @@ def test_submit_get_list_logs_and_pagination(fleet):
     for jid in ids:
         job = wait_terminal(fleet, jid)
         assert job["state"] == "completed", job
-        for key in ("id", "state", "scenario", "queue", "priority", "node", "attempts", "progress", "history",
-                    "error", "created_at", "started_at", "ended_at", "output"):
+        for key in (
+            "id",
+            "state",
+            "scenario",
+            "queue",
+            "priority",
+            "node",
+            "attempts",
+            "progress",
+            "history",
+            "error",
+            "created_at",
+            "started_at",
+            "ended_at",
+            "output",
+        ):
             assert key in job
         assert [h["to"] for h in job["history"]] == ["queued", "running", "completed"]
     status, done = call(fleet, "GET", "/jobs?state=completed&queue=batch")
@@ -128,17 +170,35 @@ def test_nodes_and_queues(fleet):
     assert call(fleet, "GET", "/nodes/nope")[0] == 404
     status, queues = call(fleet, "GET", "/queues")
     names = [q["name"] for q in queues["queues"]]
-    assert names[:9] == ["live.high", "live.medium", "live.low", "default.high", "default.medium",
-                         "default.low", "batch.high", "batch.medium", "batch.low"]
+    assert names[:9] == [
+        "live.high",
+        "live.medium",
+        "live.low",
+        "default.high",
+        "default.medium",
+        "default.low",
+        "batch.high",
+        "batch.medium",
+        "batch.low",
+    ]
 
 
 def test_metrics_exposition(fleet):
     req = urllib.request.Request(fleet.url + "/metrics", headers={"Authorization": f"Bearer {fleet.api_key}"})
     text = urllib.request.urlopen(req, timeout=10).read().decode()
-    for name in ("rq_jobs{", "ffrtmp_nodes{", "ffrtmp_queue_oldest_job_age_seconds{",
-                 "ffrtmp_jobs_submitted_total{", "ffrtmp_coordinator_build_info{"):
+    for name in (
+        "rq_jobs{",
+        "ffrtmp_nodes{",
+        "ffrtmp_queue_oldest_job_age_seconds{",
+        "ffrtmp_jobs_submitted_total{",
+        "ffrtmp_coordinator_build_info{",
+    ):
         assert name in text, name
-    agent = urllib.request.urlopen(f"http://127.0.0.1:{fleet.metrics_port}/metrics", timeout=10).read().decode()
+    agent = (
+        urllib.request.urlopen(f"http://127.0.0.1:{fleet.metrics_port}/metrics", timeout=10).read().decode()
+    )
     assert "ffrtmp_agent_slots 2.0" in agent and 'ffrtmp_agent_encoder_up{encoder="libx264"} 1.0' in agent
-    ready = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{fleet.metrics_port}/ready", timeout=10).read())
+    ready = json.loads(
+        urllib.request.urlopen(f"http://127.0.0.1:{fleet.metrics_port}/ready", timeout=10).read()
+    )
     assert ready["ready"] is True

@@ -22,7 +22,9 @@ def test_bitrates(value, kbps):
     assert parse_bitrate_kbps(value) == kbps
 
 
-@pytest.mark.parametrize(("value", "wh"), [("1280x720", (1280, 720)), ("4k", (3840, 2160)), ("480p", (854, 480))])
+@pytest.mark.parametrize(
+    ("value", "wh"), [("1280x720", (1280, 720)), ("4k", (3840, 2160)), ("480p", (854, 480))]
+)
 def test_resolutions(value, wh):
     assert parse_resolution(value) == wh
 

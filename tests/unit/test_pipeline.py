@@ -67,8 +67,12 @@ def test_auto_prefers_a_proven_hw_encoder(ctx):
 
 
 def test_rtmp_output_is_flv_and_has_no_temp_file(ctx):
-    plan = build_plan(validate_spec({"scenario": "rtmp-restream", "output": "rtmp://127.0.0.1/live/k",
-                                     "duration": 5}), "jx", 1, ctx)
+    plan = build_plan(
+        validate_spec({"scenario": "rtmp-restream", "output": "rtmp://127.0.0.1/live/k", "duration": 5}),
+        "jx",
+        1,
+        ctx,
+    )
     assert plan.kind == "stream" and plan.tmp_output is None
     assert plan.argv[-3:] == ["-f", "flv", "rtmp://127.0.0.1/live/k"]
 

@@ -6,7 +6,9 @@ from ffrtmp.durations import parse_duration
 from ffrtmp.queues import PLAIN_QUEUES, queue_for, slot_queues
 
 
-@pytest.mark.parametrize(("text", "s"), [("10s", 10), ("1m30s", 90), ("500ms", 0.5), ("2h", 7200), ("15", 15)])
+@pytest.mark.parametrize(
+    ("text", "s"), [("10s", 10), ("1m30s", 90), ("500ms", 0.5), ("2h", 7200), ("15", 15)]
+)
 def test_go_durations(text, s):
     assert parse_duration(text) == s
 
@@ -22,12 +24,22 @@ def test_queue_order_is_strict():
     assert slot_queues([], live_only=True) == ["live.high", "live.medium", "live.low"]
     qs = slot_queues(["nvenc"], live_only=False)
     assert qs[:3] == ["live.high.nvenc", "live.high", "live.medium.nvenc"]
-    assert queue_for("batch", "low", "nvenc") == "batch.low.nvenc" and queue_for("live", "high", "auto") == "live.high"
+    assert (
+        queue_for("batch", "low", "nvenc") == "batch.low.nvenc"
+        and queue_for("live", "high", "auto") == "live.high"
+    )
 
 
 def test_progress_parsing_and_percent():
-    block = {"frame": "120", "fps": "30.00", "bitrate": "2000.1kbits/s", "total_size": "1000",
-             "out_time_us": "4000000", "speed": "2.00x", "progress": "continue"}
+    block = {
+        "frame": "120",
+        "fps": "30.00",
+        "bitrate": "2000.1kbits/s",
+        "total_size": "1000",
+        "out_time_us": "4000000",
+        "speed": "2.00x",
+        "progress": "continue",
+    }
     p = with_percent(parse_progress_block(block), duration=10)
     assert p["frame"] == 120 and p["out_time_s"] == 4.0 and p["speed"] == 2.0
     assert p["percent"] == 40.0 and p["eta_s"] == 3.0
