@@ -10,6 +10,7 @@ from ffrtmp.logs import setup_logging
 from ffrtmp.redisconn import connect
 from ffrtmp.rqjob import SERIALIZER, SafeJob, rq_queue
 
+from . import task  # noqa: F401 - imported before forking so every horse starts warm
 from .worker import FleetWorker, set_pdeathsig, terminal_failure_handler
 
 

@@ -24,7 +24,7 @@ from pydantic import ValidationError
 from rq import get_current_job
 
 from ffrtmp.jobs import cancel_key, history_entry, history_key, logs_key, utcnow_iso
-from ffrtmp.model import JobSpec
+from ffrtmp.model import JobSpec, is_url
 
 from .context import load_context
 from .pipeline import Plan, PlanError, build_plan
@@ -126,7 +126,9 @@ class Attempt:
         text = _tail(os.path.join(self.run_dir, "stderr.log"))
         self.conn.hset(logs_key(self.job.id), str(self.attempt), text)
 
-    def start(self) -> None:
+    def start(self, plan: Plan | None) -> bool:
+        """Record the attempt as running in one round trip: meta, the attempt's fencing lease,
+        the history line; and read the cancel signal. Returns True if a cancel is pending."""
         meta = self.job.meta
         meta.update(
             attempt=self.attempt,
@@ -139,15 +141,22 @@ class Attempt:
             outcome=None,
             result=None,
             run_dir=self.run_dir,
+            output=plan.final_output if plan else None,
+            encoder=plan.encoder if plan else None,
         )
-        self.job.save_meta()
-        # Fencing token for this attempt; recovery and late writers compare against it.
-        self.conn.set(
-            lease_key(self.job.id),
-            f"{self.ctx.node}/{self.slot}/{self.attempt}",
-            ex=int(self.timeout + self.grace + 3600),
-        )
-        self._history("running", "started", None)
+        entry = history_entry("queued", "running", "started", self.ctx.node, self.attempt)
+        with self.conn.pipeline() as pipe:
+            pipe.hset(self.job.key, "meta", self.job.serializer.dumps(meta))
+            # Fencing token for this attempt; recovery and late writers compare against it.
+            pipe.set(
+                lease_key(self.job.id),
+                f"{self.ctx.node}/{self.slot}/{self.attempt}",
+                ex=int(self.timeout + self.grace + 3600),
+            )
+            pipe.rpush(history_key(self.job.id), entry)
+            pipe.exists(cancel_key(self.job.id))
+            canceled = pipe.execute()[-1]
+        return bool(canceled)
 
     def end(
         self,
@@ -174,29 +183,28 @@ class Attempt:
 
     # --- the run ----------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
-        self.start()
-        if self.conn.exists(cancel_key(self.job.id)):
-            self.end("canceled", "canceled", "canceled before FFmpeg started")
-            raise TerminalJobError("canceled", "canceled", "canceled before start")
         try:
             spec = JobSpec.model_validate(self.spec_dict)
         except ValidationError as exc:
+            self.start(None)
             self.end("rejected", "invalid_spec", str(exc).splitlines()[0])
             raise TerminalJobError("rejected", "invalid_spec", str(exc)) from None
         try:
             plan = build_plan(spec, self.job.id, self.attempt, self.ctx)
         except PlanError as exc:
+            self.start(None)
             if exc.platform:
                 self._platform_failure(exc.reason, exc.message)
             outcome = "failed" if exc.reason == "input_not_found" else "rejected"
             self.end(outcome, exc.reason, exc.message)
             raise TerminalJobError(outcome, exc.reason, exc.message) from None
-        if plan.duration is None and spec.input and not spec.input.startswith(("rtmp", "srt", "http")):
-            plan.duration = media_duration(plan.input_desc, self.ctx.ffprobe)
-        self.job.meta["output"] = plan.final_output
-        self.job.meta["encoder"] = plan.encoder
-        self.job.save_meta()
+        if self.start(plan):
+            self.end("canceled", "canceled", "canceled before FFmpeg started")
+            raise TerminalJobError("canceled", "canceled", "canceled before start")
         spawn_detached(self.run_dir, plan.argv)
+        if plan.duration is None and spec.input and not is_url(spec.input):
+            # for percent and ETA; probed after FFmpeg started, so it adds no dispatch latency
+            plan.duration = media_duration(plan.input_desc, self.ctx.ffprobe)
         return self._watch(plan)
 
     def _platform_failure(self, reason: str, message: str) -> None:

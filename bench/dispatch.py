@@ -28,23 +28,18 @@ from pathlib import Path
 
 import aiohttp
 import redis
-from rq import Queue, Worker
+from rq import Queue
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from ffrtmp.auth import new_key  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from baseline_job import BASELINE_KEY
 
-BASELINE_KEY = "bench:baseline:start"
-
-
-def mark_start(t_enqueue: float) -> None:
-    """The baseline job: record when the job function began."""
-    r = redis.Redis.from_url(os.environ["BENCH_REDIS_URL"])
-    r.rpush(BASELINE_KEY, json.dumps([t_enqueue, time.time()]))
+from ffrtmp.auth import new_key
 
 
 def pct(values: list[float], p: float) -> float:
     s = sorted(values)
-    return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))]
+    return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))]
 
 
 def free_port() -> int:
@@ -212,7 +207,7 @@ def dispatch_baseline(url: str, conn: redis.Redis, tmp: Path, n: int) -> list[fl
         time.sleep(1.0)
         for _ in range(n):
             t0 = time.time()
-            q.enqueue("dispatch.mark_start", t0)
+            q.enqueue("baseline_job.mark_start", t0)
             raw = conn.blpop([BASELINE_KEY], timeout=30)
             if raw is None:
                 raise SystemExit("baseline worker did not run the job")
@@ -253,7 +248,7 @@ def submit_baseline(conn: redis.Redis, n: int) -> tuple[float, list[float]]:
     t0 = time.perf_counter()
     for _ in range(n):
         t1 = time.perf_counter()
-        q.enqueue("dispatch.mark_start", 0)
+        q.enqueue("baseline_job.mark_start", 0)
         lat.append(time.perf_counter() - t1)
     return n / (time.perf_counter() - t0), lat
 
@@ -291,10 +286,8 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
     print(f"dispatch latency over {args.jobs} jobs (submit -> FFmpeg started / enqueue -> function started)")
-    print(f"  ffrtmp   p50 {ms(statistics.median(ff_lat))}  p99 {ms(pct(ff_lat, 99))}  max {ms(max(ff_lat))}")
-    print(
-        f"  raw RQ   p50 {ms(statistics.median(base_lat))}  p99 {ms(pct(base_lat, 99))}  max {ms(max(base_lat))}"
-    )
+    for label, lat in (("ffrtmp", ff_lat), ("raw RQ", base_lat)):
+        print(f"  {label:<8} p50 {ms(statistics.median(lat))}  p99 {ms(pct(lat, 99))}  max {ms(max(lat))}")
     print(
         f"  ratio    p50 x{statistics.median(ff_lat) / statistics.median(base_lat):.2f}  "
         f"p99 x{pct(ff_lat, 99) / pct(base_lat, 99):.2f}   (target: ffrtmp p99 <= 50 ms)"

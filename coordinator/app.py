@@ -154,8 +154,8 @@ class Api:
             _confine(spec.output, self.cfg.output_roots, "output")
         except SubmissionError as exc:
             return error(422, "invalid_field" if exc.field else "invalid_request", exc.message, exc.field)
-        job_id = await self.run(submit, self.conn, spec, self.cfg.defaults)
-        view = await self.run(get_view, self.conn, job_id)
+        view = await self.run(submit, self.conn, spec, self.cfg.defaults)
+        job_id = view["id"]
         log.info(
             "job submitted",
             extra={

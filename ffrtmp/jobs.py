@@ -85,8 +85,9 @@ def history_entry(frm: str | None, to: str, reason: str, node: str | None = None
     )
 
 
-def submit(conn: redis.Redis, spec: JobSpec, defaults: SubmitDefaults) -> str:
-    """Validate-then-enqueue in one MULTI: the job, its index entry and its first history line."""
+def submit(conn: redis.Redis, spec: JobSpec, defaults: SubmitDefaults) -> dict[str, Any]:
+    """Enqueue a validated job in one MULTI: the job, its index entry and its first history
+    line. Returns the job's view (built from what was written: no read-back)."""
     job_id = new_job_id()
     while conn.exists(SafeJob.key_for(job_id)):  # 50 bits of id space: practically never loops
         job_id = new_job_id()
@@ -104,8 +105,9 @@ def submit(conn: redis.Redis, spec: JobSpec, defaults: SubmitDefaults) -> str:
     }
     now = time.time()
     q = rq_queue(qname, conn)
+    first = history_entry(None, "queued", "submitted")
     with conn.pipeline() as pipe:
-        q.enqueue_call(
+        job = q.enqueue_call(
             TRANSCODE_FUNC,
             args=[payload],
             job_id=job_id,
@@ -120,10 +122,10 @@ def submit(conn: redis.Redis, spec: JobSpec, defaults: SubmitDefaults) -> str:
             pipeline=pipe,
         )
         pipe.zadd(JOBS_INDEX, {job_id: now})
-        pipe.rpush(history_key(job_id), history_entry(None, "queued", "submitted"))
+        pipe.rpush(history_key(job_id), first)
         pipe.hincrby(SUBMITTED_COUNTER, f"{spec.queue}.{spec.priority}", 1)
         pipe.execute()
-    return job_id
+    return job_view(job, [json.loads(first)])
 
 
 def derive_state(status: str | None, meta: dict[str, Any]) -> JobState:

@@ -3,6 +3,7 @@ job class, so that whoever can write to Redis cannot make an agent run arbitrary
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
 import redis
@@ -34,7 +35,10 @@ class SafeJob(Job):
         return super().func
 
 
+@lru_cache(maxsize=512)
 def rq_queue(name: str, conn: redis.Redis) -> Queue:
+    """One Queue object per (name, connection): a fresh Queue asks Redis for its version
+    (INFO) on its first enqueue, which would double the cost of every submission."""
     return Queue(name, connection=conn, serializer=SERIALIZER, job_class=SafeJob)
 
 
