@@ -147,20 +147,18 @@ def supervise(run_dir: str, argv: list[str], env: dict[str, str] | None = None) 
     return rc
 
 
-def spawn_detached(run_dir: str, argv: list[str], env: dict[str, str] | None = None) -> None:
-    """Start ``supervise`` in a grandchild in its own session, so it outlives this process and
-    its process group (the RQ horse's), and is reparented to init or the nearest subreaper."""
+def spawn_detached(run_dir: str, argv: list[str], env: dict[str, str] | None = None) -> int:
+    """Start ``supervise`` in a child that leads its own session, so it outlives the caller's
+    process group (the RQ horse's) and, when the caller dies, is reparented to init or the
+    nearest subreaper. One fork, not two: the caller reaps the child with ``reap`` (it lives as
+    long as the caller watches it). Returns the supervisor's pid."""
     os.makedirs(run_dir, exist_ok=True)
     write_json_atomic(os.path.join(run_dir, "cmd.json"), {"argv": argv})
     pid = os.fork()
     if pid:
-        os.waitpid(pid, 0)  # the middle child exits at once
-        return
-    try:  # middle child
+        return pid
+    try:
         os.setsid()
-        if os.fork():
-            os._exit(0)
-        # grandchild: the supervisor
         devnull = os.open(os.devnull, os.O_RDWR)
         log = os.open(os.path.join(run_dir, "runner.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         os.dup2(devnull, 0)
@@ -169,8 +167,8 @@ def spawn_detached(run_dir: str, argv: list[str], env: dict[str, str] | None = N
         os.closerange(3, 65536)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
-        signal.signal(signal.SIGALRM, signal.SIG_IGN)
         signal.setitimer(signal.ITIMER_REAL, 0)  # never inherit the horse's RQ job-timeout alarm
+        signal.signal(signal.SIGALRM, signal.SIG_IGN)
         code = 0
         try:
             supervise(run_dir, argv, env)
@@ -185,3 +183,12 @@ def spawn_detached(run_dir: str, argv: list[str], env: dict[str, str] | None = N
         os._exit(code)
     except BaseException:
         os._exit(1)
+
+
+def reap(pid: int) -> bool:
+    """Collect the supervisor's exit status if it has ended; True once it has."""
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return True
+    return done == pid

@@ -27,8 +27,9 @@ from ffrtmp.jobs import cancel_key, history_entry, history_key, logs_key, utcnow
 from ffrtmp.model import JobSpec, is_url
 
 from .context import load_context
+from .limits import apply_limits, systemd_run_path
 from .pipeline import Plan, PlanError, build_plan
-from .runner import read_json, spawn_detached, with_percent
+from .runner import read_json, reap, spawn_detached, with_percent
 from .verify import VerifyError, media_duration, verify_output
 
 log = logging.getLogger("ffrtmp.agent.task")
@@ -191,6 +192,14 @@ class Attempt:
             raise TerminalJobError("rejected", "invalid_spec", str(exc)) from None
         try:
             plan = build_plan(spec, self.job.id, self.attempt, self.ctx)
+            plan.argv = apply_limits(
+                plan.argv,
+                self.job.id,
+                self.attempt,
+                spec.max_cpu_percent,
+                spec.max_memory_mb,
+                systemd_run_path(),
+            )
         except PlanError as exc:
             self.start(None)
             if exc.platform:
@@ -201,7 +210,7 @@ class Attempt:
         if self.start(plan):
             self.end("canceled", "canceled", "canceled before FFmpeg started")
             raise TerminalJobError("canceled", "canceled", "canceled before start")
-        spawn_detached(self.run_dir, plan.argv)
+        self.runner_pid = spawn_detached(self.run_dir, plan.argv)
         if plan.duration is None and spec.input and not is_url(spec.input):
             # for percent and ETA; probed after FFmpeg started, so it adds no dispatch latency
             plan.duration = media_duration(plan.input_desc, self.ctx.ffprobe)
@@ -244,6 +253,11 @@ class Attempt:
             exit_info = read_json(exit_path)
             if exit_info is not None:
                 break
+            if reap(self.runner_pid):
+                exit_info = read_json(exit_path)  # it may have written the file just before exiting
+                if exit_info is not None:
+                    break
+                self._platform_failure("runner_died", "the run supervisor died without an exit status")
             now = time.monotonic()
             if not started_seen:
                 started_seen = os.path.exists(os.path.join(self.run_dir, "started.json"))
@@ -274,6 +288,9 @@ class Attempt:
                 self._signal_ffmpeg(signal.SIGKILL)
                 forced = True
             time.sleep(POLL_S)
+        deadline = time.monotonic() + 5
+        while not reap(self.runner_pid) and time.monotonic() < deadline:
+            time.sleep(0.01)
         return self._finish(plan, exit_info, stop_reason, forced)
 
     def _finish(

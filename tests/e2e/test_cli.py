@@ -3,6 +3,7 @@
 import http.server
 import os
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -317,3 +318,36 @@ def test_up_stops_cleanly_with_nothing_left_running(tmp_path):
             left.append(cmd)
     assert not left, left
     assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+
+
+def test_limits_on_a_node_without_systemd_are_rejected_not_ignored(fleet):
+    if os.path.isdir("/run/systemd/system"):
+        pytest.skip("this host runs systemd: limits are enforceable here")
+    jid = submit(fleet, "--scenario", "480p-h264", "--duration", "1", "--max-memory-mb", "512")
+    job = wait_terminal(fleet, jid)
+    assert job["state"] == "rejected" and job["error"]["reason"] == "limits_unenforceable", job
+    assert job["attempts"] == 1 and not (fleet.state / "agent" / "runs" / jid).exists()
+
+
+def test_up_says_what_to_install_when_a_tool_is_missing(tmp_path):
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    for tool in ("ffmpeg", "ffprobe"):
+        os.symlink(require(tool), bindir / tool)
+    env = {**os.environ, "PATH": f"{bindir}:{Path(sys.executable).parent}", "XDG_CONFIG_HOME": str(tmp_path)}
+    res = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "ffrtmp"),
+            "up",
+            "--state-dir",
+            str(tmp_path / "s"),
+            "--port",
+            str(free_port()),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "redis-server not found" in res.stderr and "apt-get install redis-server" in res.stderr
