@@ -164,7 +164,10 @@ def spawn_detached(run_dir: str, argv: list[str], env: dict[str, str] | None = N
         os.dup2(devnull, 0)
         os.dup2(devnull, 1)
         os.dup2(log, 2)
-        os.closerange(3, 65536)
+        for fd in os.listdir("/proc/self/fd") if os.path.isdir("/proc/self/fd") else ():
+            if int(fd) > 2:
+                with contextlib.suppress(OSError):
+                    os.close(int(fd))
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         signal.setitimer(signal.ITIMER_REAL, 0)  # never inherit the horse's RQ job-timeout alarm

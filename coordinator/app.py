@@ -138,7 +138,8 @@ class Api:
         self.metrics = CoordinatorMetrics(conn, cfg)
 
     async def run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        return await asyncio.to_thread(fn, *args, **kwargs)
+        """Run a Redis-bound call. Inline, not in a thread: see coordinator.main."""
+        return fn(*args, **kwargs)
 
     # --- jobs ---------------------------------------------------------------------------
     async def submit_job(self, request: web.Request) -> web.Response:
