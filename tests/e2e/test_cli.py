@@ -86,6 +86,9 @@ def test_file_scenarios_complete_and_ffprobe_agrees(fleet, scenario, extra, code
 def test_transcode_of_a_real_clip_from_an_input_root(fleet):
     make_clip(fleet.inputs / "src.mp4", seconds=3, size="1280x720")
     jid = submit(fleet, "--scenario", "480p-h264", "--input", "src.mp4", "--output", "from-src.mp4")
+    followed = fleet.cli("jobs", "status", jid, "--follow")
+    assert followed.returncode == 0 and f"job {jid} completed" in followed.stdout, followed.stderr
+    assert jid in followed.stderr and "%" in followed.stderr  # the progress lines
     job = wait_terminal(fleet, jid)
     assert job["state"] == "completed", job
     assert_media(fleet.outputs / "from-src.mp4", "h264", 854, 480, 3)

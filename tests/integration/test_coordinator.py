@@ -1,0 +1,133 @@
+"""The coordinator process on its own: flags, key file, roles, node liveness, the leader lease."""
+
+import json
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from ffrtmp.auth import key_line, new_key
+from ffrtmp.nodes import write_heartbeat
+from tests.conftest import free_port
+
+pytestmark = pytest.mark.integration
+BIN = Path(sys.executable).parent
+
+
+def req(url, key, method="GET", body=None):
+    r = urllib.request.Request(
+        url,
+        method=method,
+        data=json.dumps(body).encode() if body is not None else None,
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(r, timeout=10) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+@pytest.fixture()
+def coordinator(conn, redis_server, tmp_path):
+    keys = {role: new_key() for role in ("viewer", "operator", "admin")}
+    keyfile = tmp_path / "keys"
+    keyfile.write_text("# test keys\n" + "\n".join(key_line(f"k-{r}", r, k) for r, k in keys.items()) + "\n")
+    port = free_port()
+    log = open(tmp_path / "coord.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [
+            str(BIN / "ffrtmp-coordinator"),
+            "--port",
+            str(port),
+            "--redis-url",
+            redis_server,
+            "--api-keys-file",
+            str(keyfile),
+            "--max-retries",
+            "5",
+            "--scheduler-interval",
+            "1s",
+            "--heartbeat-interval",
+            "2s",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={"PATH": "/usr/bin:/bin"},
+    )
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        try:
+            urllib.request.urlopen(url + "/health", timeout=1)
+            break
+        except OSError:
+            time.sleep(0.05)
+    yield url, keys
+    proc.terminate()
+    proc.wait(10)
+    log.close()
+
+
+def test_roles_from_the_key_file(coordinator):
+    url, keys = coordinator
+    body = {"scenario": "480p-h264", "duration": 1}
+    status, err = req(url + "/jobs", keys["viewer"], "POST", body)
+    assert status == 403 and err["error"]["code"] == "forbidden"
+    assert req(url + "/jobs", keys["viewer"])[0] == 200
+    assert req(url + "/jobs", keys["operator"], "POST", body)[0] == 201
+    assert req(url + "/jobs", keys["admin"], "POST", body)[0] == 201
+
+
+def test_max_retries_sets_the_default_attempts(coordinator):
+    url, keys = coordinator
+    status, job = req(url + "/jobs", keys["operator"], "POST", {"scenario": "480p-h264"})
+    assert status == 201 and job["max_attempts"] == 6  # --max-retries 5: five requeues, six attempts
+    status, job = req(url + "/jobs", keys["operator"], "POST", {"scenario": "480p-h264", "max_attempts": 2})
+    assert job["max_attempts"] == 2
+
+
+def test_heartbeat_interval_sets_when_a_node_is_dead(coordinator, conn):
+    url, keys = coordinator
+    write_heartbeat(conn, {"name": "fresh", "slots": 2})
+    write_heartbeat(conn, {"name": "stale", "slots": 2})
+    conn.set(
+        "ffrtmp:node:stale", json.dumps({"name": "stale", "slots": 2, "last_heartbeat": time.time() - 7})
+    )
+    nodes = {n["name"]: n for n in req(url + "/nodes", keys["viewer"])[1]["nodes"]}
+    # --heartbeat-interval 2s: dead after 3 missed = 6 s
+    assert nodes["fresh"]["state"] == "alive" and nodes["stale"]["state"] == "dead"
+
+
+def test_scheduler_interval_runs_the_recovery_loop_under_a_leader_lease(coordinator, conn):
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and not conn.get("ffrtmp:recovery:leader"):
+        time.sleep(0.1)
+    holder = conn.get("ffrtmp:recovery:leader")
+    assert holder
+    ttl = conn.pttl("ffrtmp:recovery:leader")
+    assert 0 < ttl <= 5000  # lease = max(3 x 1 s, 5 s), renewed every tick
+    time.sleep(1.5)
+    assert conn.get("ffrtmp:recovery:leader") == holder and conn.pttl("ffrtmp:recovery:leader") > 3000
+
+
+def test_bad_flags_and_key_files_fail_with_one_clear_line(tmp_path, redis_server):
+    bad = tmp_path / "bad"
+    bad.write_text("ops root sha256:nothex\n")
+    for args, word in [
+        (["--api-keys-file", str(bad)], "line 1"),
+        (["--api-keys-file", str(tmp_path / "missing")], "cannot read"),
+        ([], "no API keys"),
+        (["--api-keys-file", str(bad), "--scheduler-interval", "soon"], "duration"),
+    ]:
+        res = subprocess.run(
+            [str(BIN / "ffrtmp-coordinator"), "--redis-url", redis_server, *args],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env={"PATH": "/usr/bin:/bin"},
+        )
+        assert res.returncode == 2 and word in res.stderr and "Traceback" not in res.stderr, res.stderr
