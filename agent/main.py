@@ -20,24 +20,27 @@ import click
 import psutil
 import redis
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Gauge, Info, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from ffrtmp import __version__
+from ffrtmp import __version__, stats
 from ffrtmp.durations import DURATION
-from ffrtmp.logs import setup_logging
+from ffrtmp.logs import reopen_logs, setup_logging
 from ffrtmp.nodes import write_heartbeat
+from ffrtmp.presets import HW_ENCODER_NAMES
 from ffrtmp.queues import slot_queues
 from ffrtmp.redisconn import connect, transport_retry
 
 from .context import ENV as CONTEXT_ENV
 from .context import dump_context
+from .metrics import AgentCollector
 from .pipeline import AgentContext
-from .probe import ProbeError, probe
+from .probe import ProbeError, probe, test_encode
 from .runner import read_json
 
 log = logging.getLogger("ffrtmp.agent")
 MIN_FREE_DISK_RATIO = 0.10
+HW_ENCODERS = frozenset(HW_ENCODER_NAMES.values())
 
 
 @dataclass
@@ -56,6 +59,9 @@ class AgentConfig:
     ffmpeg: str = "ffmpeg"
     ffprobe: str = "ffprobe"
     log_level: str = "info"
+    stall_after: float = 120.0
+    encoder_recheck: float = 600.0
+    log_dir: str | None = None
 
 
 @dataclass
@@ -78,22 +84,13 @@ class Agent:
     conn: redis.Redis | None = None
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
 
+    started_at: float = field(default_factory=time.time)
+    last_heartbeat: float = 0.0
+    slot_restarts: int = 0
+    hw_proven: list[str] = field(default_factory=list)
+
     def __post_init__(self) -> None:
-        r = self.registry
-        self.g_slots = Gauge("ffrtmp_agent_slots", "Job slots on this agent", registry=r)
-        self.g_busy = Gauge("ffrtmp_agent_slots_busy", "Slots running a job", registry=r)
-        self.g_running = Gauge("ffrtmp_agent_runs_active", "FFmpeg runs alive on this host", registry=r)
-        self.g_encoder = Gauge(
-            "ffrtmp_agent_encoder_up", "1 if a test encode with this encoder passed", ["encoder"], registry=r
-        )
-        self.g_hb = Gauge(
-            "ffrtmp_agent_last_heartbeat_timestamp_seconds", "Last heartbeat written", registry=r
-        )
-        self.g_disk = Gauge(
-            "ffrtmp_agent_work_dir_free_ratio", "Free fraction of the work dir's disk", registry=r
-        )
-        self.g_restarts = Gauge("ffrtmp_agent_slot_restarts", "Slot worker restarts since start", registry=r)
-        Info("ffrtmp_agent_build", "Agent version", registry=r).info({"version": __version__})
+        self.registry.register(AgentCollector(self))
 
     # --- probe and record ---------------------------------------------------------------
     def context(self) -> AgentContext:
@@ -174,10 +171,7 @@ class Agent:
         rec = self.record()
         rec.update(extra)
         write_heartbeat(self.conn, rec)
-        self.g_hb.set(time.time())
-        self.g_busy.set(rec["slots_busy"])
-        self.g_running.set(len(rec["running"]))
-        self.g_disk.set(rec["disk_free_ratio"])
+        self.last_heartbeat = time.time()
 
     # --- slots --------------------------------------------------------------------------
     def plan_slots(self) -> None:
@@ -197,6 +191,7 @@ class Agent:
                 "FFRTMP_JOB_MONITORING_INTERVAL": str(max(2, int(self.cfg.heartbeat_interval))),
                 "FFRTMP_WITH_SCHEDULER": "1" if slot.index == 0 else "0",
                 "FFRTMP_LOG_LEVEL": self.cfg.log_level,
+                "FFRTMP_LOG_DIR": self.cfg.log_dir or "",
                 CONTEXT_ENV: dump_context(self.context()),
             }
         )
@@ -212,7 +207,7 @@ class Agent:
             if self.stopping:
                 return
             slot.restarts = slot.restarts + 1 if time.monotonic() - slot.started < 60 else 1
-            self.g_restarts.inc()
+            self.slot_restarts += 1
             delay = min(30.0, 2.0 ** (slot.restarts - 1))
             log.warning("slot %s exited with %s; restarting in %.0fs", slot.name, rc, delay)
             await asyncio.sleep(delay)
@@ -260,10 +255,41 @@ class Agent:
         body = {"ready": not problems, "problems": problems, "node": self.cfg.name}
         return web.json_response(body, status=200 if not problems else 503)
 
+    async def h_violations(self, _req: web.Request) -> web.Response:
+        """The last SLA violations of jobs that ran here, newest first."""
+        assert self.conn is not None
+        try:
+            items = await asyncio.to_thread(stats.read_violations, self.conn, self.cfg.name)
+        except (redis.RedisError, OSError) as exc:
+            return web.json_response(
+                {"error": {"code": "redis_unavailable", "message": str(exc)}}, status=503
+            )
+        return web.json_response({"node": self.cfg.name, "targets_s": stats.SLA_WAIT_S, "violations": items})
+
     async def h_metrics(self, _req: web.Request) -> web.Response:
-        return web.Response(
-            body=generate_latest(self.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
-        )
+        body = await asyncio.to_thread(generate_latest, self.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    def reopen_logs(self) -> None:
+        """SIGHUP (logrotate): reopen our log file and have every slot reopen its own."""
+        reopen_logs()
+        for s in self.slots:
+            if s.proc and s.proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    s.proc.send_signal(signal.SIGHUP)
+        log.info("log files reopened")
+
+    def recheck_encoders(self) -> None:
+        """Re-run the test encode of each hardware encoder that passed at start, so a GPU that
+        falls off the bus (driver crash, Xid error) shows as ffrtmp_agent_encoder_up 0."""
+        for name in self.hw_proven:
+            ok, why = test_encode(self.cfg.ffmpeg, name, self.info.get("vaapi_device"))
+            if ok != self.info["encoders"].get(name):
+                level = logging.INFO if ok else logging.ERROR
+                log.log(
+                    level, "encoder %s is %s (%s)", name, "working again" if ok else "no longer working", why
+                )
+            self.info["encoders"][name] = ok
 
     # --- main ---------------------------------------------------------------------------
     async def run(self) -> int:
@@ -275,9 +301,8 @@ class Agent:
             log.error("%s", exc)
             return 2
         self.info["started_at"] = time.time()
-        for enc, ok in self.info["encoders"].items():
-            self.g_encoder.labels(enc).set(1 if ok else 0)
-        self.g_slots.set(cfg.slots)
+        self.hw_proven = [n for n, ok in self.info["encoders"].items() if ok and n in HW_ENCODERS]
+        last_recheck = time.monotonic()
         log.info(
             "probe: capabilities=%s cpu_codecs=%s",
             self.info["capabilities"],
@@ -292,6 +317,7 @@ class Agent:
         app.router.add_get("/health", self.h_health)
         app.router.add_get("/ready", self.h_ready)
         app.router.add_get("/metrics", self.h_metrics)
+        app.router.add_get("/violations", self.h_violations)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         await web.TCPSite(runner, cfg.metrics_host, cfg.metrics_port).start()
@@ -300,6 +326,7 @@ class Agent:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reopen_logs)
         supervisors = [asyncio.create_task(self.supervise_slot(s)) for s in self.slots]
         log.info("agent %s up: %d slots, metrics on :%d", cfg.name, cfg.slots, cfg.metrics_port)
         while not stop.is_set():
@@ -307,6 +334,9 @@ class Agent:
                 await asyncio.wait_for(stop.wait(), cfg.heartbeat_interval)
             if stop.is_set():
                 break
+            if self.hw_proven and time.monotonic() - last_recheck >= cfg.encoder_recheck:
+                last_recheck = time.monotonic()
+                await asyncio.to_thread(self.recheck_encoders)
             try:
                 await asyncio.to_thread(self.heartbeat)
             except (redis.RedisError, OSError) as exc:
@@ -377,6 +407,29 @@ class Agent:
     show_default=True,
     type=click.Path(file_okay=False),
 )
+@click.option(
+    "--stall-after",
+    envvar="FFRTMP_STALL_AFTER",
+    type=DURATION,
+    default="120s",
+    show_default=True,
+    help="A run whose progress has not moved for this long counts as stalled.",
+)
+@click.option(
+    "--encoder-recheck",
+    envvar="FFRTMP_ENCODER_RECHECK",
+    type=DURATION,
+    default="10m",
+    show_default=True,
+    help="How often hardware encoders that passed at start are tested again.",
+)
+@click.option(
+    "--log-dir",
+    envvar="FFRTMP_LOG_DIR",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="Also write JSON logs to <dir>/agent.log (reopened on SIGHUP).",
+)
 @click.option("--ffmpeg", envvar="FFRTMP_FFMPEG", default="ffmpeg", show_default=True)
 @click.option("--ffprobe", envvar="FFRTMP_FFPROBE", default="ffprobe", show_default=True)
 @click.option(
@@ -388,7 +441,7 @@ class Agent:
 )
 def main(**kw: Any) -> None:
     """Run an ffrtmp agent on this host."""
-    setup_logging("agent", kw["log_level"])
+    setup_logging("agent", kw["log_level"], kw["log_dir"])
     if kw["live_slots"] is None:
         kw["live_slots"] = 1 if kw["slots"] > 1 else 0
     if kw["live_slots"] > kw["slots"]:

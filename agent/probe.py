@@ -102,25 +102,35 @@ def nvidia_gpus() -> list[dict[str, Any]]:
         res = _run(
             [
                 smi,
-                "--query-gpu=index,name,memory.total,utilization.gpu,driver_version",
+                "--query-gpu=index,name,memory.total,utilization.gpu,driver_version,encoder.stats.sessionCount",
                 "--format=csv,noheader,nounits",
             ],
             timeout=15,
         )
     except (subprocess.TimeoutExpired, OSError):
         return []
+    return parse_nvidia_smi(res.stdout.decode(errors="replace"))
+
+
+def parse_nvidia_smi(text: str) -> list[dict[str, Any]]:
+    """Rows of ``index, name, memory.total, utilization.gpu, driver_version, encoder sessions``."""
+
+    def num(v: str) -> int | None:
+        return int(v) if v.isdigit() else None
+
     gpus = []
-    for line in res.stdout.decode(errors="replace").splitlines():
+    for line in text.splitlines():
         parts = [p.strip() for p in line.split(",")]
-        if len(parts) == 5:
+        if len(parts) == 6:
             gpus.append(
                 {
                     "vendor": "nvidia",
                     "index": parts[0],
                     "model": parts[1],
-                    "memory_mb": int(parts[2]) if parts[2].isdigit() else None,
-                    "utilization_percent": int(parts[3]) if parts[3].isdigit() else None,
+                    "memory_mb": num(parts[2]),
+                    "utilization_percent": num(parts[3]),
                     "driver": parts[4],
+                    "encoder_sessions": num(parts[5]),
                 }
             )
     return gpus

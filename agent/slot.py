@@ -6,7 +6,7 @@ import logging
 import os
 import signal
 
-from ffrtmp.logs import setup_logging
+from ffrtmp.logs import reopen_on_sighup, setup_logging
 from ffrtmp.redisconn import connect
 from ffrtmp.rqjob import SERIALIZER, SafeJob, rq_queue
 
@@ -16,7 +16,10 @@ from .worker import FleetWorker, set_pdeathsig, terminal_failure_handler
 
 def main() -> None:
     set_pdeathsig(signal.SIGKILL)  # the agent's slots die with it
-    setup_logging("agent", os.environ.get("FFRTMP_LOG_LEVEL", "info"))
+    setup_logging(
+        "agent", os.environ.get("FFRTMP_LOG_LEVEL", "info"), os.environ.get("FFRTMP_LOG_DIR") or None
+    )
+    reopen_on_sighup()
     name = os.environ["FFRTMP_SLOT_NAME"]
     queues = os.environ["FFRTMP_SLOT_QUEUES"].split(",")
     conn = connect(os.environ["FFRTMP_REDIS_URL"])

@@ -18,11 +18,14 @@ import os
 import shutil
 import signal
 import time
+from collections.abc import Callable
+from datetime import UTC
 from typing import Any
 
 from pydantic import ValidationError
 from rq import get_current_job
 
+from ffrtmp import stats
 from ffrtmp.jobs import cancel_key, history_entry, history_key, logs_key, utcnow_iso
 from ffrtmp.model import JobSpec, is_url
 
@@ -112,15 +115,24 @@ class Attempt:
         self.timeout = float(meta.get("timeout") or 6 * 3600)
         self.grace = float(meta.get("cancel_grace") or 30)
         self.run_dir = os.path.join(self.ctx.work_dir, "runs", job.id, str(self.attempt))
+        self.tier = spec_dict.get("queue", "default")
+        self.priority = spec_dict.get("priority", "medium")
+        self.t_start = time.time()
+        self.input_bytes = 0
+        self.log = logging.LoggerAdapter(log, {"job": job.id, "attempt": self.attempt, "node": self.ctx.node})
 
     # --- bookkeeping -------------------------------------------------------------------
-    def _history(self, to: str, reason: str, ttl: int | None = None) -> None:
+    def _history(
+        self, to: str, reason: str, ttl: int | None = None, extra: Callable[[Any], None] | None = None
+    ) -> None:
         frm = _last_state(self.conn, self.job.id)
         with self.conn.pipeline() as pipe:
             pipe.rpush(history_key(self.job.id), history_entry(frm, to, reason, self.ctx.node, self.attempt))
             if ttl:
                 pipe.expire(history_key(self.job.id), ttl)
                 pipe.expire(logs_key(self.job.id), ttl)
+            if extra:
+                extra(pipe)
             pipe.execute()
 
     def _save_logs(self) -> None:
@@ -146,7 +158,20 @@ class Attempt:
             encoder=plan.encoder if plan else None,
         )
         entry = history_entry("queued", "running", "started", self.ctx.node, self.attempt)
+        enqueued = self.job.enqueued_at
+        wait = max(0.0, self.t_start - enqueued.replace(tzinfo=UTC).timestamp()) if enqueued else 0.0
         with self.conn.pipeline() as pipe:
+            stats.observe(pipe, "queue_wait", self.tier, wait)
+            if wait > stats.SLA_WAIT_S.get(self.tier, float("inf")):
+                stats.record_violation(
+                    pipe,
+                    self.ctx.node,
+                    self.job.id,
+                    self.tier,
+                    "queue_wait",
+                    f"waited {wait:.1f}s (target {stats.SLA_WAIT_S[self.tier]:g}s)",
+                    wait,
+                )
             pipe.hset(self.job.key, "meta", self.job.serializer.dumps(meta))
             # Fencing token for this attempt; recovery and late writers compare against it.
             pipe.set(
@@ -157,6 +182,10 @@ class Attempt:
             pipe.rpush(history_key(self.job.id), entry)
             pipe.exists(cancel_key(self.job.id))
             canceled = pipe.execute()[-1]
+        self.log.info(
+            "attempt started",
+            extra={"queue_wait_s": round(wait, 3), "encoder": plan.encoder if plan else None},
+        )
         return bool(canceled)
 
     def end(
@@ -180,7 +209,26 @@ class Attempt:
             }
         self.job.save_meta()
         ttl = self.job.result_ttl if outcome == "completed" else self.job.failure_ttl
-        self._history(outcome, reason, ttl if ttl and ttl > 0 else None)
+        run_s = time.time() - self.t_start
+        result = meta.get("result") or {}
+
+        def add_stats(pipe: Any) -> None:
+            stats.record_finished(pipe, self.tier, self.priority, outcome, reason)
+            stats.observe(pipe, "run", self.tier, run_s)
+            if result.get("size_bytes"):
+                pipe.hincrby(stats.node_stats_key(self.ctx.node), "bytes_out", int(result["size_bytes"]))
+            if self.input_bytes:
+                pipe.hincrby(stats.node_stats_key(self.ctx.node), "bytes_in", self.input_bytes)
+            if meta.get("stop"):
+                pipe.hincrby(stats.CANCELS, "forced" if "forced" in meta["stop"] else "graceful", 1)
+
+        self._history(outcome, reason, ttl if ttl and ttl > 0 else None, add_stats)
+        self.log.info(
+            "attempt ended: %s (%s)",
+            outcome,
+            reason,
+            extra={"outcome": outcome, "reason": reason, "run_s": round(run_s, 3)},
+        )
 
     # --- the run ----------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -211,6 +259,9 @@ class Attempt:
             self.end("canceled", "canceled", "canceled before FFmpeg started")
             raise TerminalJobError("canceled", "canceled", "canceled before start")
         self.runner_pid = spawn_detached(self.run_dir, plan.argv)
+        if spec.input and not is_url(spec.input):
+            with contextlib.suppress(OSError):
+                self.input_bytes = os.path.getsize(plan.input_desc)
         if plan.duration is None and spec.input and not is_url(spec.input):
             # for percent and ETA; probed after FFmpeg started, so it adds no dispatch latency
             plan.duration = media_duration(plan.input_desc, self.ctx.ffprobe)
@@ -226,8 +277,26 @@ class Attempt:
                 "stderr_tail": None,
             }
             self.job.save_meta()
-            self._history("retrying", reason)
+
+            def add_stats(pipe: Any) -> None:
+                pipe.hincrby(stats.REQUEUES, reason, 1)
+                stats.record_violation(
+                    pipe, self.ctx.node, self.job.id, self.tier, "platform_failure", f"{reason}: {message}"
+                )
+
+            self._history("retrying", reason, None, add_stats)
+            self.log.warning("platform failure, requeued: %s: %s", reason, message)
             raise PlatformError(f"{reason}: {message}")
+        with self.conn.pipeline() as pipe:
+            stats.record_violation(
+                pipe,
+                self.ctx.node,
+                self.job.id,
+                self.tier,
+                "platform_failure",
+                f"{reason}: {message} (no attempts left)",
+            )
+            pipe.execute()
         self.end("failed", reason, message)
         raise TerminalJobError("failed", reason, message)
 
@@ -280,11 +349,11 @@ class Attempt:
                 elif now - t0 > self.timeout:
                     stop_reason = "timed_out"
                 if stop_reason:
-                    log.info("job %s: %s, sending SIGTERM to FFmpeg", self.job.id, stop_reason)
+                    self.log.info("%s: sending SIGTERM to FFmpeg", stop_reason)
                     self._signal_ffmpeg(signal.SIGTERM)
                     kill_at = now + self.grace
             if stop_reason and not forced and now >= kill_at:
-                log.warning("job %s: FFmpeg outlived the %ss grace, sending SIGKILL", self.job.id, self.grace)
+                self.log.warning("FFmpeg outlived the %ss grace, sending SIGKILL", self.grace)
                 self._signal_ffmpeg(signal.SIGKILL)
                 forced = True
             time.sleep(POLL_S)

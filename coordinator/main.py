@@ -13,7 +13,7 @@ from aiohttp import web
 from ffrtmp.auth import ApiKey, KeyFileError, KeyRing, hash_key, parse_key_file
 from ffrtmp.durations import DURATION
 from ffrtmp.jobs import Retention, SubmitDefaults
-from ffrtmp.logs import setup_logging
+from ffrtmp.logs import reopen_on_sighup, setup_logging
 from ffrtmp.redisconn import connect
 
 from .app import CoordinatorConfig, build_app
@@ -131,6 +131,13 @@ def load_keys(keys_file: str | None) -> KeyRing:
     help="Absolute output paths must be under one of these (checked again on the agent).",
 )
 @click.option(
+    "--log-dir",
+    envvar="FFRTMP_LOG_DIR",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="Also write JSON logs to <dir>/coordinator.log (reopened on SIGHUP).",
+)
+@click.option(
     "--log-level",
     envvar="FFRTMP_LOG_LEVEL",
     default="info",
@@ -139,7 +146,8 @@ def load_keys(keys_file: str | None) -> KeyRing:
 )
 def main(**kw: Any) -> None:
     """Run the ffrtmp coordinator (REST API, recovery loop, metrics)."""
-    setup_logging("coordinator", kw["log_level"])
+    setup_logging("coordinator", kw["log_level"], kw["log_dir"])
+    reopen_on_sighup()
     keys = load_keys(kw["api_keys_file"])
     hb = kw["heartbeat_interval"]
     cfg = CoordinatorConfig(

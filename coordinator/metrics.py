@@ -12,7 +12,12 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+)
 from rq.registry import (
     CanceledJobRegistry,
     DeferredJobRegistry,
@@ -23,10 +28,10 @@ from rq.registry import (
 )
 from rq.utils import utcparse
 
-from ffrtmp import __version__
+from ffrtmp import __version__, stats
 from ffrtmp.jobs import SUBMITTED_COUNTER
 from ffrtmp.nodes import list_nodes
-from ffrtmp.queues import ALL_QUEUES, split_queue
+from ffrtmp.queues import ALL_QUEUES, TIERS, split_queue
 from ffrtmp.rqjob import SafeJob, rq_queue
 
 if TYPE_CHECKING:
@@ -95,9 +100,16 @@ class CoordinatorMetrics:
         info.add_metric([], {"version": __version__})
         yield info
         try:
-            stats = self.queue_stats()
+            queues = self.queue_stats()
             nodes = list_nodes(self.conn, self.cfg.heartbeat_timeout)
-            submitted = self.conn.hgetall(SUBMITTED_COUNTER)
+            with self.conn.pipeline(transaction=False) as pipe:
+                for key in (SUBMITTED_COUNTER, stats.FINISHED, stats.REQUEUES, stats.CANCELS, stats.SLA):
+                    pipe.hgetall(key)
+                for name in stats.HISTOGRAMS:
+                    for tier in TIERS:
+                        pipe.hgetall(stats.hist_key(name, tier))
+                pipe.scard("rq:workers")
+                raw = pipe.execute()
             up = 1
         except (redis.RedisError, OSError):
             up = 0
@@ -106,38 +118,109 @@ class CoordinatorMetrics:
         yield g_up
         if not up:
             return
+        submitted, finished, requeues, cancels, sla = raw[:5]
+        hists = raw[5:-1]
+        yield from self._queue_metrics(queues)
+        yield from self._node_metrics(nodes, raw[-1])
+
+        c = CounterMetricFamily(
+            "ffrtmp_jobs_submitted", "Jobs accepted by the API", labels=["tier", "priority"]
+        )
+        for (tier, prio), v in stats.split_fields(
+            {k.replace(b".", b"|"): v for k, v in submitted.items()}, 2
+        ):
+            c.add_metric([tier, prio], v)
+        yield c
+        c = CounterMetricFamily(
+            "ffrtmp_jobs_finished",
+            "Jobs that reached a terminal state",
+            labels=["tier", "priority", "outcome", "reason"],
+        )
+        for labels, v in stats.split_fields(finished, 4):
+            c.add_metric(labels, v)
+        yield c
+        c = CounterMetricFamily(
+            "ffrtmp_job_requeues", "Attempts requeued after a platform failure", labels=["reason"]
+        )
+        for (reason,), v in stats.split_fields(requeues, 1):
+            c.add_metric([reason], v)
+        yield c
+        c = CounterMetricFamily(
+            "ffrtmp_job_cancels", "FFmpeg stops on cancel or timeout, by how they ended", labels=["mode"]
+        )
+        for mode in ("graceful", "forced"):
+            c.add_metric([mode], float(cancels.get(mode.encode(), 0)))
+        yield c
+        c = CounterMetricFamily(
+            "ffrtmp_sla_violations",
+            "SLA violations (queue wait over the tier's target, platform-caused failures)",
+            labels=["tier", "kind"],
+        )
+        for labels, v in stats.split_fields(sla, 2):
+            c.add_metric(labels, v)
+        yield c
+        i = 0
+        for name in stats.HISTOGRAMS:
+            help_text = {
+                "queue_wait": "Seconds from enqueue to an attempt's start",
+                "run": "Seconds an attempt ran, by tier",
+            }[name]
+            h = HistogramMetricFamily(f"ffrtmp_job_{name}_seconds", help_text, labels=["tier"])
+            for tier in TIERS:
+                rawh = {k.decode(): float(v) for k, v in hists[i].items()}
+                i += 1
+                buckets = [(f"{b:g}", rawh.get(f"{b:g}", 0.0)) for b in stats.HISTOGRAMS[name]]
+                buckets.append(("+Inf", rawh.get("+Inf", 0.0)))
+                h.add_metric([tier], buckets, rawh.get("sum", 0.0))
+            yield h
+
+    def _queue_metrics(self, queues: list[dict[str, Any]]):  # type: ignore[no-untyped-def]
         jobs = GaugeMetricFamily("rq_jobs", "RQ jobs by queue and status", labels=["queue", "status"])
         age = GaugeMetricFamily(
             "ffrtmp_queue_oldest_job_age_seconds",
             "Age of the oldest queued job per queue (starvation signal)",
             labels=["queue"],
         )
-        for s in stats:
+        for s in queues:
             jobs.add_metric([s["name"], "queued"], s["queued"])
             for status in REGISTRIES:
                 jobs.add_metric([s["name"], status], s[status])
             age.add_metric([s["name"]], s["oldest_age_s"])
         yield jobs
         yield age
+
+    def _node_metrics(self, nodes: list[dict[str, Any]], workers: int):  # type: ignore[no-untyped-def]
         g_nodes = GaugeMetricFamily("ffrtmp_nodes", "Agents by state", labels=["state"])
         counts = dict.fromkeys(NODE_STATES, 0)
-        slots_total = slots_busy = 0
+        up = GaugeMetricFamily(
+            "ffrtmp_node_up", "1 while a node heartbeats (alive or draining)", labels=["node"]
+        )
+        slots = GaugeMetricFamily("ffrtmp_node_slots", "Job slots per live node", labels=["node", "state"])
+        age = GaugeMetricFamily(
+            "ffrtmp_node_heartbeat_age_seconds", "Seconds since the node's last heartbeat", labels=["node"]
+        )
+        fleet_total = fleet_busy = 0
         for n in nodes:
             counts[n["state"]] = counts.get(n["state"], 0) + 1
-            if n["state"] in ("alive", "draining"):
-                slots_total += int(n.get("slots", 0))
-                slots_busy += int(n.get("slots_busy", 0))
+            live = n["state"] in ("alive", "draining")
+            up.add_metric([n["name"]], 1 if live else 0)
+            age.add_metric([n["name"]], n["heartbeat_age_s"])
+            if live:
+                total, busy = int(n.get("slots", 0)), int(n.get("slots_busy", 0))
+                slots.add_metric([n["name"], "total"], total)
+                slots.add_metric([n["name"], "busy"], busy)
+                fleet_total += total
+                fleet_busy += busy
         for state, c in counts.items():
             g_nodes.add_metric([state], c)
         yield g_nodes
+        yield up
+        yield slots
+        yield age
         g_slots = GaugeMetricFamily("ffrtmp_fleet_slots", "Job slots on live agents", labels=["state"])
-        g_slots.add_metric(["busy"], slots_busy)
-        g_slots.add_metric(["total"], slots_total)
+        g_slots.add_metric(["busy"], fleet_busy)
+        g_slots.add_metric(["total"], fleet_total)
         yield g_slots
-        c_sub = CounterMetricFamily(
-            "ffrtmp_jobs_submitted", "Jobs accepted by the API", labels=["tier", "priority"]
-        )
-        for k, v in sorted(submitted.items()):
-            tier, _, prio = k.decode().partition(".")
-            c_sub.add_metric([tier, prio], int(v))
-        yield c_sub
+        w = GaugeMetricFamily("rq_workers", "RQ workers registered (one per agent slot)")
+        w.add_metric([], workers)
+        yield w

@@ -1,6 +1,7 @@
 """The API over real HTTP against `ffrtmp up` (real coordinator, agent, redis-server, ffmpeg)."""
 
 import json
+import re
 import urllib.error
 import urllib.request
 
@@ -184,6 +185,7 @@ def test_nodes_and_queues(fleet):
 
 
 def test_metrics_exposition(fleet):
+    assert call(fleet, "POST", "/jobs", {"scenario": "480p-h264", "duration": 1})[0] == 201
     req = urllib.request.Request(fleet.url + "/metrics", headers={"Authorization": f"Bearer {fleet.api_key}"})
     text = urllib.request.urlopen(req, timeout=10).read().decode()
     for name in (
@@ -197,7 +199,8 @@ def test_metrics_exposition(fleet):
     agent = (
         urllib.request.urlopen(f"http://127.0.0.1:{fleet.metrics_port}/metrics", timeout=10).read().decode()
     )
-    assert "ffrtmp_agent_slots 2.0" in agent and 'ffrtmp_agent_encoder_up{encoder="libx264"} 1.0' in agent
+    assert re.search(r'^ffrtmp_agent_slots\{node="[^"]+"\} 2\.0$', agent, re.M)
+    assert re.search(r'^ffrtmp_agent_encoder_up\{encoder="libx264",family="cpu",node="[^"]+"\} 1\.0$', agent, re.M)
     ready = json.loads(
         urllib.request.urlopen(f"http://127.0.0.1:{fleet.metrics_port}/ready", timeout=10).read()
     )
