@@ -193,7 +193,9 @@ class CoordinatorMetrics:
         g_nodes = GaugeMetricFamily("ffrtmp_nodes", "Agents by state", labels=["state"])
         counts = dict.fromkeys(NODE_STATES, 0)
         up = GaugeMetricFamily(
-            "ffrtmp_node_up", "1 while a node heartbeats (alive or draining)", labels=["node"]
+            "ffrtmp_node_up",
+            "1 while a node heartbeats, 0 once it missed its heartbeats (cleanly stopped nodes are left out)",
+            labels=["node"],
         )
         slots = GaugeMetricFamily("ffrtmp_node_slots", "Job slots per live node", labels=["node", "state"])
         age = GaugeMetricFamily(
@@ -203,7 +205,8 @@ class CoordinatorMetrics:
         for n in nodes:
             counts[n["state"]] = counts.get(n["state"], 0) + 1
             live = n["state"] in ("alive", "draining")
-            up.add_metric([n["name"]], 1 if live else 0)
+            if n["state"] != "stopped":  # a cleanly stopped agent is not "down"
+                up.add_metric([n["name"]], 1 if live else 0)
             age.add_metric([n["name"]], n["heartbeat_age_s"])
             if live:
                 total, busy = int(n.get("slots", 0)), int(n.get("slots_busy", 0))

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install everything ffrtmp needs on a Debian/Ubuntu machine: system packages (redis-server,
-# ffmpeg) and a Python virtual environment in .venv with ffrtmp and its test tools.
+# ffmpeg; prometheus and prometheus-alertmanager for promtool, amtool and the monitoring tests)
+# and a Python virtual environment in .venv with ffrtmp and its test tools.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,6 +12,9 @@ need=()
 command -v redis-server >/dev/null || need+=(redis-server)
 command -v ffmpeg >/dev/null || need+=(ffmpeg)
 command -v ffprobe >/dev/null || need+=(ffmpeg)
+command -v promtool >/dev/null || need+=(prometheus)
+command -v prometheus >/dev/null || need+=(prometheus)
+command -v amtool >/dev/null || need+=(prometheus-alertmanager)
 command -v python3 >/dev/null || need+=(python3)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then

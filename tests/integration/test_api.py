@@ -200,7 +200,9 @@ def test_metrics_exposition(fleet):
         urllib.request.urlopen(f"http://127.0.0.1:{fleet.metrics_port}/metrics", timeout=10).read().decode()
     )
     assert re.search(r'^ffrtmp_agent_slots\{node="[^"]+"\} 2\.0$', agent, re.M)
-    assert re.search(r'^ffrtmp_agent_encoder_up\{encoder="libx264",family="cpu",node="[^"]+"\} 1\.0$', agent, re.M)
+    assert re.search(
+        r'^ffrtmp_agent_encoder_up\{encoder="libx264",family="cpu",node="[^"]+"\} 1\.0$', agent, re.M
+    )
     ready = json.loads(
         urllib.request.urlopen(f"http://127.0.0.1:{fleet.metrics_port}/ready", timeout=10).read()
     )
