@@ -54,3 +54,22 @@ def test_key_file_and_roles():
     assert role_allows("admin", "operator") and not role_allows("viewer", "operator")
     with pytest.raises(ValueError):
         parse_key_file("ops root sha256:abc")
+
+
+def test_nvidia_smi_rows_parse():
+    from agent.probe import parse_nvidia_smi
+
+    # recorded from a real H200 host (driver 580.159.04) with the agent's exact query
+    gpus = parse_nvidia_smi("0, NVIDIA H200, 143771, 0, 580.159.04, 0\n")
+    assert gpus == [
+        {
+            "vendor": "nvidia",
+            "index": "0",
+            "model": "NVIDIA H200",
+            "memory_mb": 143771,
+            "utilization_percent": 0,
+            "driver": "580.159.04",
+            "encoder_sessions": 0,
+        }
+    ]
+    assert parse_nvidia_smi("0, Tesla T4, 15360, [N/A], 535.1, [N/A]\n")[0]["utilization_percent"] is None
