@@ -103,6 +103,7 @@ class Agent:
             vaapi_device=self.info.get("vaapi_device"),
             ffmpeg=self.cfg.ffmpeg,
             ffprobe=self.cfg.ffprobe,
+            heartbeat_interval=self.cfg.heartbeat_interval,
         )
 
     def active_runs(self) -> list[dict[str, Any]]:

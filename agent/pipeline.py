@@ -35,6 +35,7 @@ class AgentContext:
     vaapi_device: str | None = None
     ffmpeg: str = "ffmpeg"
     ffprobe: str = "ffprobe"
+    heartbeat_interval: float = 30.0
 
 
 @dataclass

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -97,7 +98,52 @@ def _pump_stderr(stream: Any, run_dir: str, tail: deque[str]) -> None:
                 written += len(raw)
 
 
-def supervise(run_dir: str, argv: list[str], env: dict[str, str] | None = None) -> int:
+def owner_path(run_dir: str) -> str:
+    return os.path.join(run_dir, "owner")
+
+
+def touch_owner(run_dir: str) -> None:
+    """Called by whoever watches the run (the horse, or an agent that re-adopted it)."""
+    path = owner_path(run_dir)
+    try:
+        os.utime(path)
+    except FileNotFoundError:
+        with open(path, "w"):
+            pass
+
+
+def _watchdog(
+    proc: subprocess.Popen[bytes], run_dir: str, orphan_after: float, state: dict[str, Any]
+) -> None:
+    """Stop FFmpeg once no agent has watched this run for ``orphan_after`` seconds. The job's
+    RQ execution outlives that deadline, so the job is only requeued after this run is gone:
+    a run never overlaps its own retry."""
+    while proc.poll() is None:
+        time.sleep(0.5)
+        try:
+            age = time.time() - os.stat(owner_path(run_dir)).st_mtime
+        except FileNotFoundError:
+            age = 0.0
+        if age > orphan_after:
+            state["orphaned"] = True
+            print(f"no owner for {age:.0f}s: stopping FFmpeg", file=sys.stderr, flush=True)
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=3)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+            return
+
+
+def supervise(
+    run_dir: str,
+    argv: list[str],
+    env: dict[str, str] | None = None,
+    orphan_after: float | None = None,
+    tmp_output: str | None = None,
+) -> int:
     """Run FFmpeg, keep the run directory current, return its exit code. SIGTERM/SIGINT to this
     process are forwarded to FFmpeg (which then finalizes its output)."""
     proc = subprocess.Popen(
@@ -122,6 +168,10 @@ def supervise(run_dir: str, argv: list[str], env: dict[str, str] | None = None) 
     tail: deque[str] = deque(maxlen=TAIL_LINES)
     t = threading.Thread(target=_pump_stderr, args=(proc.stderr, run_dir, tail), daemon=True)
     t.start()
+    state: dict[str, Any] = {"orphaned": False}
+    if orphan_after:
+        touch_owner(run_dir)
+        threading.Thread(target=_watchdog, args=(proc, run_dir, orphan_after, state), daemon=True).start()
     block: dict[str, str] = {}
     progress_path = os.path.join(run_dir, "progress.json")
     assert proc.stdout is not None
@@ -138,22 +188,47 @@ def supervise(run_dir: str, argv: list[str], env: dict[str, str] | None = None) 
             block = {}
     rc = proc.wait()
     t.join(timeout=5)
+    if state["orphaned"] and tmp_output:
+        remove_path(tmp_output)  # nobody will publish it: never leave a half file behind
     with open(os.path.join(run_dir, "stderr.tail"), "w") as fh:
         fh.write("\n".join(tail))
     write_json_atomic(
         os.path.join(run_dir, "exit.json"),
-        {"returncode": rc, "signal": -rc if rc < 0 else None, "time": time.time()},
+        {
+            "returncode": rc,
+            "signal": -rc if rc < 0 else None,
+            "time": time.time(),
+            "orphaned": state["orphaned"],
+        },
     )
     return rc
 
 
-def spawn_detached(run_dir: str, argv: list[str], env: dict[str, str] | None = None) -> int:
+def remove_path(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
+def spawn_detached(
+    run_dir: str,
+    argv: list[str],
+    env: dict[str, str] | None = None,
+    orphan_after: float | None = None,
+    tmp_output: str | None = None,
+) -> int:
     """Start ``supervise`` in a child that leads its own session, so it outlives the caller's
     process group (the RQ horse's) and, when the caller dies, is reparented to init or the
     nearest subreaper. One fork, not two: the caller reaps the child with ``reap`` (it lives as
     long as the caller watches it). Returns the supervisor's pid."""
     os.makedirs(run_dir, exist_ok=True)
-    write_json_atomic(os.path.join(run_dir, "cmd.json"), {"argv": argv})
+    write_json_atomic(
+        os.path.join(run_dir, "cmd.json"),
+        {"argv": argv, "orphan_after": orphan_after, "tmp_output": tmp_output},
+    )
+    touch_owner(run_dir)
     pid = os.fork()
     if pid:
         return pid
@@ -174,7 +249,7 @@ def spawn_detached(run_dir: str, argv: list[str], env: dict[str, str] | None = N
         signal.signal(signal.SIGALRM, signal.SIG_IGN)
         code = 0
         try:
-            supervise(run_dir, argv, env)
+            supervise(run_dir, argv, env, orphan_after, tmp_output)
         except BaseException as exc:
             print(f"runner failed: {exc!r}", file=sys.stderr)
             if read_json(os.path.join(run_dir, "exit.json")) is None:

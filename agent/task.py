@@ -15,7 +15,6 @@ import contextlib
 import json
 import logging
 import os
-import shutil
 import signal
 import time
 from collections.abc import Callable
@@ -26,13 +25,13 @@ from pydantic import ValidationError
 from rq import get_current_job
 
 from ffrtmp import stats
-from ffrtmp.jobs import cancel_key, history_entry, history_key, logs_key, utcnow_iso
+from ffrtmp.jobs import cancel_key, history_entry, history_key, lease_key, logs_key, utcnow_iso
 from ffrtmp.model import JobSpec, is_url
 
 from .context import load_context
 from .limits import apply_limits, systemd_run_path
 from .pipeline import Plan, PlanError, build_plan
-from .runner import read_json, reap, spawn_detached, with_percent
+from .runner import read_json, reap, remove_path, spawn_detached, touch_owner, with_percent
 from .verify import VerifyError, media_duration, verify_output
 
 log = logging.getLogger("ffrtmp.agent.task")
@@ -42,6 +41,19 @@ PROGRESS_SAVE_S = 1.0
 CANCEL_POLL_S = 0.5
 START_DEADLINE_S = 30.0
 LOG_TAIL_BYTES = 16 * 1024
+
+
+def orphan_deadline(heartbeat_interval: float) -> float:
+    """A run nobody watches for this long stops itself (2 heartbeat intervals)."""
+    return max(2.0 * heartbeat_interval, 4.0)
+
+
+def execution_ttl(heartbeat_interval: float) -> int:
+    """How long RQ keeps an attempt's execution without a heartbeat before recovery may requeue
+    the job: 3 intervals (DESIGN's heartbeat timeout) plus 5 s. Even when the worker's last
+    execution heartbeat came a whole interval before the horse died, that is later than the
+    orphan deadline (2 intervals) plus the run's 3 s stop: a run never overlaps its retry."""
+    return int(3 * heartbeat_interval + 5)
 
 
 class TerminalJobError(Exception):
@@ -55,10 +67,6 @@ class TerminalJobError(Exception):
 
 class PlatformError(Exception):
     """This node could not run the job; RQ may retry it elsewhere."""
-
-
-def lease_key(job_id: str) -> str:
-    return f"ffrtmp:job:{job_id}:lease"
 
 
 def _last_state(conn: Any, job_id: str) -> str | None:
@@ -80,13 +88,22 @@ def _tail(path: str, nbytes: int = LOG_TAIL_BYTES) -> str:
 
 
 def _remove(path: str | None) -> None:
-    if not path:
+    if path:
+        remove_path(path)
+
+
+def _remove_stale_parts(plan: Plan, job_id: str, attempt: int) -> None:
+    """Temporary outputs of this job's earlier attempts are dead by construction (a run stops
+    itself before its job is requeued): remove them so none is ever left behind."""
+    if not plan.tmp_output:
         return
-    if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
+    d = os.path.dirname(plan.tmp_output)
+    mine = os.path.basename(plan.tmp_output)
+    marker = f".{job_id}-a"
+    with contextlib.suppress(FileNotFoundError):
+        for name in os.listdir(d):
+            if name != mine and marker in name and ".part" in name:
+                _remove(os.path.join(d, name))
 
 
 def _publish(final: str, tmp: str) -> None:
@@ -258,7 +275,13 @@ class Attempt:
         if self.start(plan):
             self.end("canceled", "canceled", "canceled before FFmpeg started")
             raise TerminalJobError("canceled", "canceled", "canceled before start")
-        self.runner_pid = spawn_detached(self.run_dir, plan.argv)
+        _remove_stale_parts(plan, self.job.id, self.attempt)
+        self.runner_pid = spawn_detached(
+            self.run_dir,
+            plan.argv,
+            orphan_after=orphan_deadline(self.ctx.heartbeat_interval),
+            tmp_output=plan.tmp_output,
+        )
         if spec.input and not is_url(spec.input):
             with contextlib.suppress(OSError):
                 self.input_bytes = os.path.getsize(plan.input_desc)
@@ -279,6 +302,10 @@ class Attempt:
             self.job.save_meta()
 
             def add_stats(pipe: Any) -> None:
+                pipe.rpush(
+                    history_key(self.job.id),
+                    history_entry("retrying", "queued", "requeued", None, self.attempt),
+                )
                 pipe.hincrby(stats.REQUEUES, reason, 1)
                 stats.record_violation(
                     pipe, self.ctx.node, self.job.id, self.tier, "platform_failure", f"{reason}: {message}"
@@ -318,10 +345,15 @@ class Attempt:
         progress_path = os.path.join(self.run_dir, "progress.json")
         exit_path = os.path.join(self.run_dir, "exit.json")
         started_seen = False
+        last_touch = 0.0
         while True:
+            now_wall = time.time()
             exit_info = read_json(exit_path)
             if exit_info is not None:
                 break
+            if now_wall - last_touch >= 1.0:
+                touch_owner(self.run_dir)
+                last_touch = now_wall
             if reap(self.runner_pid):
                 exit_info = read_json(exit_path)  # it may have written the file just before exiting
                 if exit_info is not None:

@@ -13,7 +13,7 @@ from rq.timeouts import JobTimeoutException
 
 from ffrtmp.rqjob import UnsafeJobError
 
-from .task import TerminalJobError
+from .task import TerminalJobError, execution_ttl
 
 log = logging.getLogger("ffrtmp.agent.worker")
 PR_SET_PDEATHSIG = 1
@@ -36,6 +36,11 @@ def terminal_failure_handler(job: Any, exc_type: type, exc_value: BaseException,
 
 
 class FleetWorker(Worker):
+    def get_heartbeat_ttl(self, job: Any, working_time: float = 0.0) -> int:
+        """RQ adds a fixed 60 s to the monitoring interval; ffrtmp derives the execution TTL from
+        the heartbeat interval instead, so recovery follows --heartbeat-interval."""
+        return execution_ttl(self.job_monitoring_interval)
+
     def setup_work_horse_signals(self) -> None:
         super().setup_work_horse_signals()
         set_pdeathsig(signal.SIGKILL)  # a horse never outlives its worker (no duplicate run)

@@ -9,12 +9,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import redis
 from rq import worker_registration
 from rq.registry import clean_registries
 
+from ffrtmp import stats
+from ffrtmp.jobs import Retention, history_entry, history_key, lease_key, utcnow_iso
 from ffrtmp.queues import ALL_QUEUES
 from ffrtmp.rqjob import rq_queue
 
@@ -64,6 +66,54 @@ class Recovery:
             self._release(keys=[LEADER_KEY], args=[self.node_id])
         self.is_leader = False
 
+    def on_abandoned(self, job: Any, *_exc_info: Any) -> bool:
+        """RQ found a job whose attempt stopped heartbeating (node lost, agent or slot killed).
+        RQ decides next whether to requeue it (retries left) or fail it; record which, for the
+        user (history, error), for the operator (metrics, the node's violations), and void the
+        dead attempt's fencing lease."""
+        meta = job.meta or {}
+        node, attempt = meta.get("node"), int(meta.get("attempt", 0))
+        tier, prio = meta.get("tier", "default"), meta.get("priority", "medium")
+        retry = bool(job.retries_left and job.retries_left > 0)
+        msg = f"attempt {attempt} on {node} stopped heartbeating (node lost, agent or slot killed)"
+        with self.conn.pipeline() as pipe:
+            if retry:
+                pipe.rpush(
+                    history_key(job.id),
+                    history_entry("running", "retrying", "node_lost", node, attempt),
+                    history_entry("retrying", "queued", "requeued", None, attempt),
+                )
+                pipe.hincrby(stats.REQUEUES, "node_lost", 1)
+            else:
+                meta.update(
+                    outcome="failed",
+                    ended_at=utcnow_iso(),
+                    error={
+                        "reason": "node_lost",
+                        "message": msg + "; no attempts left",
+                        "exit_code": None,
+                        "stderr_tail": None,
+                    },
+                )
+                pipe.hset(job.key, "meta", job.serializer.dumps(meta))
+                pipe.rpush(
+                    history_key(job.id), history_entry("running", "failed", "node_lost", node, attempt)
+                )
+                pipe.expire(history_key(job.id), job.failure_ttl or Retention().failed_s)
+                stats.record_finished(pipe, tier, prio, "failed", "node_lost")
+            if node:
+                stats.record_violation(pipe, node, job.id, tier, "platform_failure", f"node_lost: {msg}")
+            pipe.delete(lease_key(job.id))
+            pipe.execute()
+        log.warning(
+            "job %s: %s; %s",
+            job.id,
+            msg,
+            "requeued" if retry else "failed (no attempts left)",
+            extra={"job": job.id, "attempt": attempt, "node": node},
+        )
+        return True
+
     def tick(self) -> int:
         """One recovery pass; returns the number of queues cleaned."""
         if not self.acquire():
@@ -74,7 +124,7 @@ class Recovery:
             if not q.acquire_maintenance_lock():
                 continue  # a worker is cleaning this queue right now
             try:
-                clean_registries(q)
+                clean_registries(q, exception_handlers=[self.on_abandoned])
                 worker_registration.clean_worker_registry(q)
                 cleaned += 1
             finally:

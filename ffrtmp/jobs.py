@@ -35,6 +35,11 @@ def cancel_key(job_id: str) -> str:
     return f"ffrtmp:job:{job_id}:cancel"
 
 
+def lease_key(job_id: str) -> str:
+    """The running attempt's fencing token ("<node>/<slot>/<attempt>")."""
+    return f"ffrtmp:job:{job_id}:lease"
+
+
 def logs_key(job_id: str) -> str:
     return f"ffrtmp:job:{job_id}:logs"
 

@@ -1,0 +1,196 @@
+"""Recovery with several real agent processes and short heartbeat timings."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import psutil
+import pytest
+
+from ffrtmp.jobs import SubmitDefaults, get_view, submit
+from ffrtmp.model import validate_spec
+from tests.conftest import free_port
+
+pytestmark = pytest.mark.integration
+BIN = Path(sys.executable).parent
+HB = os.environ.get("FFRTMP_TEST_HEARTBEAT", "1s")  # FFRTMP_TEST_HEARTBEAT=30s measures defaults
+TERMINAL = {"completed", "failed", "canceled", "timed_out", "rejected"}
+
+
+class Cluster:
+    def __init__(self, redis_url: str, tmp: Path) -> None:
+        self.redis_url = redis_url
+        self.tmp = tmp
+        self.inputs = tmp / "in"
+        self.outputs = tmp / "out"
+        self.inputs.mkdir()
+        self.outputs.mkdir()
+        self.agents: dict[str, tuple[subprocess.Popen, int]] = {}
+        self.key = "ffr_recovery_test_key_0123456789"
+        self.port = free_port()
+        self.coordinator = self._spawn(
+            "coordinator",
+            [
+                str(BIN / "ffrtmp-coordinator"),
+                "--port",
+                str(self.port),
+                "--redis-url",
+                redis_url,
+                "--heartbeat-interval",
+                HB,
+                "--scheduler-interval",
+                HB,
+                "--max-retries",
+                "2",
+            ],
+            env={"FFRTMP_API_KEY": self.key},
+        )
+
+    def _spawn(self, name, argv, env=None):
+        log = open(self.tmp / f"{name}.log", "ab")  # noqa: SIM115
+        return subprocess.Popen(
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+        )
+
+    def start_agent(self, name: str, slots: int = 1) -> None:
+        port = free_port()
+        proc = self._spawn(
+            name,
+            [
+                str(BIN / "ffrtmp-agent"),
+                "--redis-url",
+                self.redis_url,
+                "--name",
+                name,
+                "--slots",
+                str(slots),
+                "--live-slots",
+                "0",
+                "--metrics-host",
+                "127.0.0.1",
+                "--metrics-port",
+                str(port),
+                "--heartbeat-interval",
+                HB,
+                "--work-dir",
+                str(self.tmp / f"work-{name}"),
+                "--input-root",
+                str(self.inputs),
+                "--output-root",
+                str(self.outputs),
+                "--drain-timeout",
+                "30s",
+            ],
+        )
+        self.agents[name] = (proc, port)
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=1) as r:
+                    if json.loads(r.read())["ready"]:
+                        return
+            except OSError:
+                time.sleep(0.1)
+        raise AssertionError(f"agent {name} not ready: " + (self.tmp / f"{name}.log").read_text()[-2000:])
+
+    def kill_agent(self, name: str) -> None:
+        proc, _ = self.agents.pop(name)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+
+    def stop(self) -> None:
+        for proc, _ in self.agents.values():
+            proc.terminate()
+        for proc, _ in self.agents.values():
+            proc.wait(60)
+        self.coordinator.terminate()
+        self.coordinator.wait(30)
+
+
+@pytest.fixture()
+def cluster(conn, redis_server, tmp_path):
+    c = Cluster(redis_server, tmp_path)
+    yield c
+    c.stop()
+
+
+def wait_view(conn, job_id, pred, timeout=90):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = get_view(conn, job_id)
+        if pred(v):
+            return v
+        time.sleep(0.1)
+    raise AssertionError(f"timed out: {get_view(conn, job_id)}")
+
+
+def ffmpeg_pids(job_id: str) -> list[int]:
+    out = []
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        cmd = p.info["cmdline"] or []
+        if cmd and cmd[0].endswith("ffmpeg") and any(job_id in a for a in cmd):
+            out.append(p.info["pid"])
+    return out
+
+
+def test_a_sigkilled_agents_job_runs_again_elsewhere_never_twice_at_once(cluster, conn):
+    cluster.start_agent("a1")
+    spec = validate_spec({"scenario": "live-4k", "duration": 6, "resolution": "64x64", "output": "lost.ts"})
+    job_id = submit(conn, spec, SubmitDefaults(max_attempts=3))["id"]
+    wait_view(conn, job_id, lambda v: v["state"] == "running" and (v["progress"] or {}).get("frame", 0) > 0)
+    cluster.start_agent("a2")
+    killed_at = time.monotonic()
+    cluster.kill_agent("a1")
+    # the orphaned run stops itself before the job is requeued: never two FFmpegs for one job
+    overlap = []
+    while time.monotonic() - killed_at < 300:
+        v = get_view(conn, job_id)
+        pids = ffmpeg_pids(job_id)
+        if len(pids) > 1:
+            overlap.append(pids)
+        if v["state"] == "running" and v["node"] == "a2":
+            break
+        time.sleep(0.05)
+    moved_after = time.monotonic() - killed_at
+    assert not overlap
+    v = wait_view(conn, job_id, lambda v: v["state"] in TERMINAL, timeout=300)
+    assert v["state"] == "completed" and v["node"] == "a2" and v["attempts"] == 2, v
+    steps = [(h["from"], h["to"], h["reason"]) for h in v["history"]]
+    assert steps == [
+        (None, "queued", "submitted"),
+        ("queued", "running", "started"),
+        ("running", "retrying", "node_lost"),
+        ("retrying", "queued", "requeued"),
+        ("queued", "running", "started"),
+        ("running", "completed", "ffmpeg_exit_0"),
+    ], steps
+    a1_run = json.loads((cluster.tmp / "work-a1" / "runs" / job_id / "1" / "exit.json").read_text())
+    assert a1_run["orphaned"] is True
+    assert (cluster.outputs / "lost.ts").is_file()
+    assert not list(cluster.outputs.glob(".lost.*"))  # the orphan's temp file was not published
+    assert conn.hget("ffrtmp:stats:requeues", "node_lost") == b"1"
+    print(f"heartbeat {HB}: SIGKILL -> running on a2 after {moved_after:.1f}s")
+
+
+def test_node_lost_with_no_attempts_left_fails_with_reason(cluster, conn):
+    cluster.start_agent("b1")
+    spec = validate_spec({"scenario": "live-4k", "duration": 20, "resolution": "64x64", "max_attempts": 1})
+    job_id = submit(conn, spec, SubmitDefaults())["id"]
+    wait_view(conn, job_id, lambda v: v["state"] == "running")
+    cluster.kill_agent("b1")
+    v = wait_view(conn, job_id, lambda v: v["state"] in TERMINAL, timeout=300)
+    assert v["state"] == "failed" and v["error"]["reason"] == "node_lost" and v["attempts"] == 1, v
+    assert [h["to"] for h in v["history"]][-1] == "failed"
+    deadline = time.monotonic() + 15
+    while ffmpeg_pids(job_id) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not ffmpeg_pids(job_id)
