@@ -18,7 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ffrtmp import __version__
 from ffrtmp.auth import ApiKey, KeyRing, role_allows
-from ffrtmp.jobs import SubmitDefaults, cancel, get_view, list_views, logs_key, submit
+from ffrtmp.jobs import SubmitDefaults, cancel, get_view, list_views, logs_key, retry, submit
 from ffrtmp.model import JobSpec, JobState, SubmissionError, is_url, validate_spec
 from ffrtmp.nodes import get_node, list_nodes
 from ffrtmp.queues import ALL_QUEUES, TIERS
@@ -60,6 +60,7 @@ PUBLIC = {("GET", "/health")}
 ROLE_NEEDED = {
     ("POST", "/jobs"): "operator",
     ("POST", "/jobs/{id}/cancel"): "operator",
+    ("POST", "/jobs/{id}/retry"): "operator",
 }
 
 
@@ -216,6 +217,22 @@ class Api:
             {"outcome": outcome, "job": view}, status=200 if outcome == "canceled" else 202
         )
 
+    async def retry_job(self, request: web.Request) -> web.Response:
+        job_id = request.match_info["id"]
+        who = request["api_key"].name
+        outcome, view = await self.run(retry, self.conn, job_id, f"key {who}")
+        if outcome == "missing":
+            return error(404, "not_found", f"no job {job_id}")
+        if outcome == "not_retryable":
+            state = view["state"] if view else "gone"
+            return error(
+                409,
+                "not_retryable",
+                f"job {job_id} is {state}; only failed, timed_out, canceled or rejected jobs can be retried",
+            )
+        log.info("retry queued", extra={"job": job_id, "key": who})
+        return web.json_response({"outcome": outcome, "job": view}, status=202)
+
     # --- nodes and queues ------------------------------------------------------------------
     async def nodes(self, _request: web.Request) -> web.Response:
         nodes = await self.run(list_nodes, self.conn, self.cfg.heartbeat_timeout)
@@ -258,6 +275,7 @@ def build_app(cfg: CoordinatorConfig, conn: redis.Redis) -> web.Application:
     r.add_get("/jobs/{id}", api.get_job)
     r.add_get("/jobs/{id}/logs", api.job_logs)
     r.add_post("/jobs/{id}/cancel", api.cancel_job)
+    r.add_post("/jobs/{id}/retry", api.retry_job)
     r.add_get("/nodes", api.nodes)
     r.add_get("/nodes/{id}", api.node)
     r.add_get("/queues", api.queues)

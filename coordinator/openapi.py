@@ -159,6 +159,19 @@ def openapi_spec() -> dict[str, Any]:
                 },
             }
         },
+        "/jobs/{id}/retry": {
+            "post": {
+                "summary": "Re-run a failed, timed-out, canceled or rejected job as its next attempt",
+                "operationId": "retryJob",
+                "parameters": job_id,
+                "responses": {
+                    "202": _json(obj, "queued again"),
+                    "404": _err("no such job"),
+                    "409": _err("the job is not in a retryable state"),
+                    **auth,
+                },
+            }
+        },
         "/nodes": {
             "get": {
                 "summary": "Agents",

@@ -333,6 +333,19 @@ def jobs_cancel(ctx: Ctx, job_id: str) -> None:
     ctx.emit(data, msg.get(data["outcome"], data["outcome"]))
 
 
+@jobs.command("retry")
+@click.argument("job_id")
+@click.option("--wait", "-w", is_flag=True, help="Show progress until the job ends; exit 0 only if completed")
+@click.pass_obj
+def jobs_retry(ctx: Ctx, job_id: str, wait: bool) -> None:
+    """Re-run a failed, timed-out, canceled or rejected job by hand (its next attempt)."""
+    data = ctx.call("POST", f"/jobs/{job_id}/retry")
+    if not wait:
+        ctx.emit(data, f"{job_id} queued again (attempt {data['job']['attempts'] + 1} next)")
+        return
+    finish(ctx, follow(ctx, job_id))
+
+
 # --------------------------------------------------------------------------- nodes
 @cli.group()
 def nodes() -> None:

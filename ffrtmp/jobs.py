@@ -267,3 +267,48 @@ def cancel(conn: redis.Redis, job_id: str, requested_by: str = "api") -> tuple[s
     # Dequeued already (or about to start): signal the attempt; it stops FFmpeg gracefully.
     conn.set(cancel_key(job_id), requested_by, ex=7 * 24 * 3600)
     return "requested", get_view(conn, job_id)
+
+
+RETRYABLE_STATES = frozenset({JobState.failed, JobState.timed_out, JobState.canceled, JobState.rejected})
+
+
+def retry(conn: redis.Redis, job_id: str, requested_by: str = "api") -> tuple[str, dict[str, Any] | None]:
+    """Re-run a failed, timed-out, canceled or rejected job by hand, as its next attempt.
+    Returns (outcome, view): 'queued', 'not_retryable' or 'missing'. Atomic against concurrent
+    retries and cancels (WATCH on the job): a job is never enqueued twice."""
+    from redis.exceptions import WatchError
+    from rq.registry import CanceledJobRegistry, FailedJobRegistry
+
+    while True:
+        job = fetch_job(conn, job_id)
+        if job is None:
+            return "missing", None
+        with conn.pipeline() as pipe:
+            try:
+                pipe.watch(job.key)
+                state = derive_state(job.get_status(), job.meta or {})
+                if state not in RETRYABLE_STATES:
+                    pipe.unwatch()
+                    return "not_retryable", get_view(conn, job_id)
+                meta = job.meta
+                meta.update(outcome=None, error=None, ended_at=None, progress=None, result=None, stop=None)
+                meta["manual_retries"] = int(meta.get("manual_retries", 0)) + 1
+                # a manual run gets the platform retries a fresh submission would
+                job.retries_left = max(0, int(meta.get("max_attempts") or 1) - 1)
+                pipe.multi()
+                FailedJobRegistry(job.origin, connection=conn).remove(job, pipeline=pipe)
+                CanceledJobRegistry(job.origin, connection=conn).remove(job, pipeline=pipe)
+                pipe.delete(cancel_key(job_id))
+                rq_queue(job.origin, conn).enqueue_job(job, pipeline=pipe)
+                pipe.rpush(
+                    history_key(job_id),
+                    history_entry(
+                        state.value, "queued", f"retried by {requested_by}", None, int(meta.get("attempt", 0))
+                    ),
+                )
+                pipe.persist(history_key(job_id))
+                pipe.persist(logs_key(job_id))
+                pipe.execute()
+            except WatchError:
+                continue  # the job changed under us (a worker, a cancel, another retry): look again
+        return "queued", get_view(conn, job_id)

@@ -354,3 +354,23 @@ def test_up_says_what_to_install_when_a_tool_is_missing(tmp_path):
     )
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert "redis-server not found" in res.stderr and "apt-get install redis-server" in res.stderr
+
+
+def test_retry_by_hand_after_fixing_the_input(fleet):
+    bad = fleet.inputs / "fixme.mp4"
+    bad.write_bytes(b"garbage" * 100)
+    res = fleet.cli("jobs", "submit", "--scenario", "480p-h264", "--input", "fixme.mp4", "--output", "fixed.mp4",
+                    "--wait")
+    jid = res.stdout.split()[1]
+    assert res.returncode == 1 and fleet.cli_json("jobs", "status", jid)["state"] == "failed"
+    make_clip(bad, seconds=2)
+    res = fleet.cli("jobs", "retry", jid, "--wait")
+    assert res.returncode == 0, res.stdout + res.stderr
+    job = fleet.cli_json("jobs", "status", jid)
+    assert job["state"] == "completed" and job["attempts"] == 2 and job["error"] is None
+    steps = [(h["from"], h["to"]) for h in job["history"]]
+    assert steps[-3:] == [("failed", "queued"), ("queued", "running"), ("running", "completed")]
+    assert "retried by" in job["history"][-3]["reason"]
+    assert_media(fleet.outputs / "fixed.mp4", "h264", 854, 480, 2)
+    again = fleet.cli("jobs", "retry", jid)
+    assert again.returncode != 0 and "only failed, timed_out, canceled or rejected" in again.stderr

@@ -144,7 +144,13 @@ def ffmpeg_pids(job_id: str) -> list[int]:
 
 def test_a_sigkilled_agents_job_runs_again_elsewhere_never_twice_at_once(cluster, conn):
     cluster.start_agent("a1")
-    spec = validate_spec({"scenario": "live-4k", "duration": 6, "resolution": "64x64", "output": "lost.ts"})
+    from ffrtmp.durations import parse_duration
+
+    # long enough to still be running when its orphan deadline (2 heartbeats) passes
+    duration = max(6.0, 3 * parse_duration(HB))
+    spec = validate_spec(
+        {"scenario": "live-4k", "duration": duration, "resolution": "64x64", "output": "lost.ts"}
+    )
     job_id = submit(conn, spec, SubmitDefaults(max_attempts=3))["id"]
     wait_view(conn, job_id, lambda v: v["state"] == "running" and (v["progress"] or {}).get("frame", 0) > 0)
     cluster.start_agent("a2")
