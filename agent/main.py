@@ -26,7 +26,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from ffrtmp import __version__, stats
 from ffrtmp.durations import DURATION
 from ffrtmp.logs import reopen_logs, setup_logging
-from ffrtmp.nodes import write_heartbeat
+from ffrtmp.nodes import drain_key, write_heartbeat
 from ffrtmp.presets import HW_ENCODER_NAMES
 from ffrtmp.queues import slot_queues
 from ffrtmp.redisconn import connect, transport_retry
@@ -88,6 +88,8 @@ class Agent:
     last_heartbeat: float = 0.0
     slot_restarts: int = 0
     hw_proven: list[str] = field(default_factory=list)
+    draining: bool = False
+    accepting: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
         self.registry.register(AgentCollector(self))
@@ -161,7 +163,7 @@ class Agent:
             "memory_percent": psutil.virtual_memory().percent,
             "disk_free_ratio": round(self.disk_free_ratio(), 4),
             "running": runs,
-            "draining": self.stopping,
+            "draining": self.stopping or self.draining,
             "metrics_port": self.cfg.metrics_port,
             "started_at": self.info.get("started_at"),
         }
@@ -202,16 +204,48 @@ class Agent:
 
     async def supervise_slot(self, slot: Slot) -> None:
         while not self.stopping:
+            await self.accepting.wait()  # drained: no worker at all, so nothing is dequeued
+            if self.stopping:
+                return
             await self.start_slot(slot)
             assert slot.proc is not None
             rc = await slot.proc.wait()
             if self.stopping:
                 return
+            if not self.accepting.is_set():
+                log.info("slot %s stopped for the drain", slot.name)
+                continue
             slot.restarts = slot.restarts + 1 if time.monotonic() - slot.started < 60 else 1
             self.slot_restarts += 1
             delay = min(30.0, 2.0 ** (slot.restarts - 1))
             log.warning("slot %s exited with %s; restarting in %.0fs", slot.name, rc, delay)
             await asyncio.sleep(delay)
+
+    async def watch_drain(self) -> None:
+        """Follow the node's drain flag (set through the API): draining stops every slot's RQ
+        worker warmly (an idle one at once, a busy one after its job), so no new job is taken
+        while running ones finish; undraining starts them again."""
+        assert self.conn is not None
+        while not self.stopping:
+            try:
+                drained = bool(await asyncio.to_thread(self.conn.exists, drain_key(self.cfg.name)))
+            except (redis.RedisError, OSError):
+                drained = self.draining  # keep the last known state through a Redis blip
+            if drained and not self.draining:
+                self.draining = True
+                self.accepting.clear()
+                log.info("draining: taking no new jobs; running jobs finish")
+                for s in self.slots:
+                    if s.proc and s.proc.returncode is None:
+                        with contextlib.suppress(ProcessLookupError):
+                            s.proc.send_signal(signal.SIGTERM)
+                await asyncio.to_thread(self.heartbeat)
+            elif not drained and self.draining:
+                self.draining = False
+                self.accepting.set()
+                log.info("undrained: taking jobs again")
+                await asyncio.to_thread(self.heartbeat)
+            await asyncio.sleep(1.0)
 
     async def stop_slots(self) -> None:
         """Warm shutdown: idle slots stop at once, busy ones finish their job (bounded by the
@@ -248,10 +282,10 @@ class Agent:
             await asyncio.to_thread(self.conn.ping)
         except (redis.RedisError, OSError) as exc:
             problems.append(f"redis unreachable: {exc}")
-        if self.stopping:
+        if self.stopping or self.draining:
             problems.append("draining")
         alive = sum(1 for s in self.slots if s.proc and s.proc.returncode is None)
-        if alive < len(self.slots):
+        if alive < len(self.slots) and not self.draining:
             problems.append(f"{len(self.slots) - alive} slot(s) not running")
         body = {"ready": not problems, "problems": problems, "node": self.cfg.name}
         return web.json_response(body, status=200 if not problems else 503)
@@ -328,7 +362,9 @@ class Agent:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         loop.add_signal_handler(signal.SIGHUP, self.reopen_logs)
+        self.accepting.set()
         supervisors = [asyncio.create_task(self.supervise_slot(s)) for s in self.slots]
+        supervisors.append(asyncio.create_task(self.watch_drain()))
         log.info("agent %s up: %d slots, metrics on :%d", cfg.name, cfg.slots, cfg.metrics_port)
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
@@ -344,6 +380,7 @@ class Agent:
                 log.error("heartbeat failed after retries: %s", exc)
         log.info("stopping: no new jobs; waiting up to %.0fs for running jobs", cfg.drain_timeout)
         self.stopping = True
+        self.accepting.set()  # wake supervisors parked by a drain so they can exit
         with contextlib.suppress(redis.RedisError, OSError):
             await asyncio.to_thread(self.heartbeat)
         await self.stop_slots()

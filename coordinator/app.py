@@ -20,7 +20,7 @@ from ffrtmp import __version__
 from ffrtmp.auth import ApiKey, KeyRing, role_allows
 from ffrtmp.jobs import SubmitDefaults, cancel, get_view, list_views, logs_key, retry, submit
 from ffrtmp.model import JobSpec, JobState, SubmissionError, is_url, validate_spec
-from ffrtmp.nodes import get_node, list_nodes
+from ffrtmp.nodes import drain_key, get_node, list_nodes
 from ffrtmp.queues import ALL_QUEUES, TIERS
 from ffrtmp.redisconn import ping
 
@@ -61,6 +61,8 @@ ROLE_NEEDED = {
     ("POST", "/jobs"): "operator",
     ("POST", "/jobs/{id}/cancel"): "operator",
     ("POST", "/jobs/{id}/retry"): "operator",
+    ("POST", "/nodes/{id}/drain"): "operator",
+    ("POST", "/nodes/{id}/undrain"): "operator",
 }
 
 
@@ -244,6 +246,19 @@ class Api:
             return error(404, "not_found", f"no node {request.match_info['id']}")
         return web.json_response(rec)
 
+    async def set_drain(self, request: web.Request) -> web.Response:
+        name = request.match_info["id"]
+        if await self.run(get_node, self.conn, name, self.cfg.heartbeat_timeout) is None:
+            return error(404, "not_found", f"no node {name}")
+        drain = request.path.endswith("/drain")
+        who = request["api_key"].name
+        if drain:
+            await self.run(self.conn.set, drain_key(name), who)
+        else:
+            await self.run(self.conn.delete, drain_key(name))
+        log.info("node %s", "drain requested" if drain else "undrained", extra={"node": name, "key": who})
+        return web.json_response(await self.run(get_node, self.conn, name, self.cfg.heartbeat_timeout))
+
     async def queues(self, _request: web.Request) -> web.Response:
         return web.json_response({"queues": await self.run(self.metrics.queue_stats)})
 
@@ -278,6 +293,8 @@ def build_app(cfg: CoordinatorConfig, conn: redis.Redis) -> web.Application:
     r.add_post("/jobs/{id}/retry", api.retry_job)
     r.add_get("/nodes", api.nodes)
     r.add_get("/nodes/{id}", api.node)
+    r.add_post("/nodes/{id}/drain", api.set_drain)
+    r.add_post("/nodes/{id}/undrain", api.set_drain)
     r.add_get("/queues", api.queues)
     r.add_get("/health", api.health)
     r.add_get("/ready", api.ready)

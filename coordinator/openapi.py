@@ -187,6 +187,22 @@ def openapi_spec() -> dict[str, Any]:
                 "responses": {"200": _json(obj, "node"), "404": _err("no such node"), **auth},
             }
         },
+        "/nodes/{id}/drain": {
+            "post": {
+                "summary": "Stop a node taking new jobs; running jobs finish",
+                "operationId": "drainNode",
+                "parameters": job_id,
+                "responses": {"200": _json(obj, "node"), "404": _err("no such node"), **auth},
+            }
+        },
+        "/nodes/{id}/undrain": {
+            "post": {
+                "summary": "Let a drained node take jobs again",
+                "operationId": "undrainNode",
+                "parameters": job_id,
+                "responses": {"200": _json(obj, "node"), "404": _err("no such node"), **auth},
+            }
+        },
         "/queues": {
             "get": {
                 "summary": "Queue depths, registries and oldest-job age",

@@ -396,6 +396,24 @@ def nodes_describe(ctx: Ctx, name: str) -> None:
     ctx.emit(n, "\n".join(lines))
 
 
+@nodes.command("drain")
+@click.argument("name")
+@click.pass_obj
+def nodes_drain(ctx: Ctx, name: str) -> None:
+    """Stop NAME taking new jobs; its running jobs finish."""
+    n = ctx.call("POST", f"/nodes/{name}/drain")
+    ctx.emit(n, f"{name}: drain requested ({len(n.get('running') or [])} job(s) still running)")
+
+
+@nodes.command("undrain")
+@click.argument("name")
+@click.pass_obj
+def nodes_undrain(ctx: Ctx, name: str) -> None:
+    """Let NAME take jobs again."""
+    n = ctx.call("POST", f"/nodes/{name}/undrain")
+    ctx.emit(n, f"{name}: taking jobs again")
+
+
 @cli.command("queues")
 @click.pass_obj
 def queues_cmd(ctx: Ctx) -> None:

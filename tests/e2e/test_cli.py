@@ -359,8 +359,9 @@ def test_up_says_what_to_install_when_a_tool_is_missing(tmp_path):
 def test_retry_by_hand_after_fixing_the_input(fleet):
     bad = fleet.inputs / "fixme.mp4"
     bad.write_bytes(b"garbage" * 100)
-    res = fleet.cli("jobs", "submit", "--scenario", "480p-h264", "--input", "fixme.mp4", "--output", "fixed.mp4",
-                    "--wait")
+    res = fleet.cli(
+        "jobs", "submit", "--scenario", "480p-h264", "--input", "fixme.mp4", "--output", "fixed.mp4", "--wait"
+    )
     jid = res.stdout.split()[1]
     assert res.returncode == 1 and fleet.cli_json("jobs", "status", jid)["state"] == "failed"
     make_clip(bad, seconds=2)

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -200,3 +201,37 @@ def test_node_lost_with_no_attempts_left_fails_with_reason(cluster, conn):
     while ffmpeg_pids(job_id) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not ffmpeg_pids(job_id)
+
+
+def cli(cluster, *args):
+    env = {**os.environ, "FFRTMP_URL": f"http://127.0.0.1:{cluster.port}", "FFRTMP_API_KEY": cluster.key}
+    res = subprocess.run([str(BIN / "ffrtmp"), *args], capture_output=True, text=True, env=env, timeout=60)
+    assert res.returncode == 0, res.stdout + res.stderr
+    return res.stdout
+
+
+def test_drain_takes_no_new_jobs_lets_running_ones_finish_and_undrain_resumes(cluster, conn):
+    cluster.start_agent("d1", slots=2)
+    d = SubmitDefaults()
+    running = submit(conn, validate_spec({"scenario": "live-4k", "duration": 5, "resolution": "64x64"}), d)[
+        "id"
+    ]
+    wait_view(conn, running, lambda v: v["state"] == "running")
+    assert "drain requested" in cli(cluster, "nodes", "drain", "d1")
+    node = json.loads(cli(cluster, "--output", "json", "nodes", "describe", "d1"))
+    assert node["state"] == "draining"
+    time.sleep(1.5)  # the agent polls its drain flag every second
+    later = submit(conn, validate_spec({"scenario": "480p-h264", "duration": 1, "resolution": "64x64"}), d)[
+        "id"
+    ]
+    assert wait_view(conn, running, lambda v: v["state"] in TERMINAL)["state"] == "completed"
+    time.sleep(2)
+    assert get_view(conn, later)["state"] == "queued"  # nothing was taken while drained
+    _, port = cluster.agents["d1"]
+    with pytest.raises(urllib.error.HTTPError) as exc:
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=5)
+    assert exc.value.code == 503 and "draining" in json.loads(exc.value.read())["problems"]
+    cli(cluster, "nodes", "undrain", "d1")
+    v = wait_view(conn, later, lambda v: v["state"] in TERMINAL, timeout=60)
+    assert v["state"] == "completed" and v["node"] == "d1"
+    assert json.loads(cli(cluster, "--output", "json", "nodes", "describe", "d1"))["state"] == "alive"
