@@ -235,3 +235,46 @@ def test_drain_takes_no_new_jobs_lets_running_ones_finish_and_undrain_resumes(cl
     v = wait_view(conn, later, lambda v: v["state"] in TERMINAL, timeout=60)
     assert v["state"] == "completed" and v["node"] == "d1"
     assert json.loads(cli(cluster, "--output", "json", "nodes", "describe", "d1"))["state"] == "alive"
+
+
+def test_cancel_four_running_jobs_on_one_agent_leaves_no_ffmpeg(cluster, conn):
+    from ffrtmp.jobs import cancel
+
+    cluster.start_agent("c4", slots=4)
+    d = SubmitDefaults(cancel_grace_s=30)
+    ids = [
+        submit(
+            conn,
+            validate_spec(
+                {"scenario": "live-4k", "duration": 600, "resolution": "64x64", "output": f"c{i}.ts"}
+            ),
+            d,
+        )["id"]
+        for i in range(4)
+    ]
+    for j in ids:
+        wait_view(conn, j, lambda v: v["state"] == "running" and (v["progress"] or {}).get("frame", 0) > 0)
+    assert all(ffmpeg_pids(j) for j in ids)
+    t0 = time.monotonic()
+    assert {cancel(conn, j, "test")[0] for j in ids} == {"requested"}
+    views = [wait_view(conn, j, lambda v: v["state"] in TERMINAL, timeout=40) for j in ids]
+    elapsed = time.monotonic() - t0
+    assert all(v["state"] == "canceled" and v["attempts"] == 1 for v in views), views
+    assert elapsed <= 30 + 5
+    assert not any(ffmpeg_pids(j) for j in ids)
+    assert not list(cluster.outputs.glob(".c*.part.ts")) and not list(cluster.outputs.glob("c*.ts"))
+    assert conn.hget("ffrtmp:stats:cancels", "graceful") == b"4"
+    time.sleep(2)
+    assert all(get_view(conn, j)["state"] == "canceled" for j in ids)  # never retried
+
+
+def test_timeout_ends_timed_out_without_retry_and_leaves_no_ffmpeg(cluster, conn):
+    cluster.start_agent("t1")
+    spec = validate_spec({"scenario": "live-4k", "duration": 600, "resolution": "64x64", "timeout": 3})
+    job_id = submit(conn, spec, SubmitDefaults(max_attempts=3))["id"]
+    v = wait_view(conn, job_id, lambda v: v["state"] in TERMINAL, timeout=60)
+    assert v["state"] == "timed_out" and v["error"]["reason"] == "timed_out" and v["attempts"] == 1, v
+    assert "graceful" in v["error"]["message"]
+    assert not ffmpeg_pids(job_id)
+    time.sleep(2)
+    assert get_view(conn, job_id)["attempts"] == 1
