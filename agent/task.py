@@ -21,6 +21,7 @@ from collections.abc import Callable
 from datetime import UTC
 from typing import Any
 
+import redis
 from pydantic import ValidationError
 from rq import get_current_job
 
@@ -63,6 +64,10 @@ class TerminalJobError(Exception):
         super().__init__(f"{outcome}: {reason}: {message}")
         self.outcome = outcome
         self.reason = reason
+
+
+class Fenced(Exception):
+    """This attempt is no longer the job's current one: it must not write anything."""
 
 
 class PlatformError(Exception):
@@ -136,6 +141,8 @@ class Attempt:
         self.priority = spec_dict.get("priority", "medium")
         self.t_start = time.time()
         self.input_bytes = 0
+        self.token = f"{self.ctx.node}/{self.slot}/{self.attempt}"
+        self.redis_lost_at: float | None = None
         self.log = logging.LoggerAdapter(log, {"job": job.id, "attempt": self.attempt, "node": self.ctx.node})
 
     # --- bookkeeping -------------------------------------------------------------------
@@ -193,7 +200,7 @@ class Attempt:
             # Fencing token for this attempt; recovery and late writers compare against it.
             pipe.set(
                 lease_key(self.job.id),
-                f"{self.ctx.node}/{self.slot}/{self.attempt}",
+                self.token,
                 ex=int(self.timeout + self.grace + 3600),
             )
             pipe.rpush(history_key(self.job.id), entry)
@@ -204,6 +211,23 @@ class Attempt:
             extra={"queue_wait_s": round(wait, 3), "encoder": plan.encoder if plan else None},
         )
         return bool(canceled)
+
+    def _fenced_write(self, write: Callable[[Any], None]) -> None:
+        """Run ``write(pipe)`` in a transaction that only commits while this attempt holds the
+        job's lease: a late writer from an attempt that was given up on changes nothing."""
+        from redis.exceptions import WatchError
+
+        with self.conn.pipeline() as pipe:
+            try:
+                pipe.watch(lease_key(self.job.id))
+                lease = pipe.get(lease_key(self.job.id))
+                if lease is None or lease.decode() != self.token:
+                    raise Fenced(f"lease is {lease.decode() if lease else 'gone'} at the end of {self.token}")
+                pipe.multi()
+                write(pipe)
+                pipe.execute()
+            except WatchError:
+                raise Fenced(f"lease changed while {self.token} was reporting") from None
 
     def end(
         self,
@@ -224,7 +248,6 @@ class Attempt:
                 "exit_code": exit_code,
                 "stderr_tail": stderr_tail,
             }
-        self.job.save_meta()
         ttl = self.job.result_ttl if outcome == "completed" else self.job.failure_ttl
         run_s = time.time() - self.t_start
         result = meta.get("result") or {}
@@ -239,7 +262,19 @@ class Attempt:
             if meta.get("stop"):
                 pipe.hincrby(stats.CANCELS, "forced" if "forced" in meta["stop"] else "graceful", 1)
 
-        self._history(outcome, reason, ttl if ttl and ttl > 0 else None, add_stats)
+        def write(pipe: Any) -> None:
+            frm = _last_state(self.conn, self.job.id)
+            pipe.hset(self.job.key, "meta", self.job.serializer.dumps(meta))
+            pipe.rpush(
+                history_key(self.job.id), history_entry(frm, outcome, reason, self.ctx.node, self.attempt)
+            )
+            if ttl and ttl > 0:
+                pipe.expire(history_key(self.job.id), ttl)
+                pipe.expire(logs_key(self.job.id), ttl)
+            pipe.delete(lease_key(self.job.id))
+            add_stats(pipe)
+
+        self._fenced_write(write)
         self.log.info(
             "attempt ended: %s (%s)",
             outcome,
@@ -327,6 +362,36 @@ class Attempt:
         self.end("failed", reason, message)
         raise TerminalJobError("failed", reason, message)
 
+    def _check_lease(self, plan: Plan) -> bool:
+        """One round trip: is a cancel pending, and is this attempt still the job's current one?
+        A voided lease (recovery gave up on this attempt and requeued the job) or Redis out of
+        reach for longer than the orphan deadline means another attempt may run now: stop FFmpeg
+        and leave without writing anything (``Fenced``)."""
+        try:
+            with self.conn.pipeline(transaction=False) as pipe:
+                pipe.exists(cancel_key(self.job.id))
+                pipe.get(lease_key(self.job.id))
+                canceled, lease = pipe.execute()
+            self.redis_lost_at = None
+        except (redis.RedisError, OSError) as exc:
+            self.redis_lost_at = self.redis_lost_at or time.monotonic()
+            if time.monotonic() - self.redis_lost_at > orphan_deadline(self.ctx.heartbeat_interval):
+                self._give_up(plan, f"Redis unreachable for too long ({exc})")
+            return False
+        if lease is None or lease.decode() != self.token:
+            self._give_up(plan, f"lease is now {lease.decode() if lease else 'gone'}, not {self.token}")
+        return bool(canceled)
+
+    def _give_up(self, plan: Plan, why: str) -> None:
+        self.log.warning("attempt fenced: %s; stopping FFmpeg without reporting", why)
+        self._signal_ffmpeg(signal.SIGTERM)
+        deadline = time.monotonic() + 3
+        while read_json(os.path.join(self.run_dir, "exit.json")) is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        self._signal_ffmpeg(signal.SIGKILL)
+        _remove(plan.tmp_output)
+        raise Fenced(why)
+
     def _signal_ffmpeg(self, sig: int) -> None:
         started = read_json(os.path.join(self.run_dir, "started.json"))
         if not started or read_json(os.path.join(self.run_dir, "exit.json")):
@@ -374,11 +439,12 @@ class Attempt:
                     self.job.meta["progress"] = with_percent(prog, plan.duration)
                     self.job.save_meta()
                     last_progress_mtime, last_save = mtime, now
-            if stop_reason is None and now - last_cancel_poll >= CANCEL_POLL_S:
+            if now - last_cancel_poll >= CANCEL_POLL_S:
                 last_cancel_poll = now
-                if self.conn.exists(cancel_key(self.job.id)):
+                canceled = self._check_lease(plan)
+                if stop_reason is None and canceled:
                     stop_reason = "canceled"
-                elif now - t0 > self.timeout:
+                elif stop_reason is None and now - t0 > self.timeout:
                     stop_reason = "timed_out"
                 if stop_reason:
                     self.log.info("%s: sending SIGTERM to FFmpeg", stop_reason)
@@ -431,6 +497,7 @@ class Attempt:
                 _remove(plan.tmp_output)
                 self.end("failed", "output_invalid", str(exc), exit_code=rc, stderr_tail=tail_text)
                 raise TerminalJobError("failed", "output_invalid", str(exc)) from None
+            self._check_lease(plan)  # a fenced attempt never replaces a good output
             _publish(plan.final_output, plan.tmp_output)
         self.job.meta["result"] = result
         self.end("completed", "ffmpeg_exit_0", "completed")
@@ -441,4 +508,10 @@ def run_job(spec: dict[str, Any]) -> dict[str, Any]:
     job = get_current_job()
     if job is None:
         raise RuntimeError("run_job must run inside an RQ worker")
-    return Attempt(job, spec).run()
+    try:
+        return Attempt(job, spec).run()
+    except Fenced:
+        # Another attempt owns the job now: leave without a word, so that RQ's worker records
+        # nothing for this one either (a horse that exits 0 is not reported by its worker).
+        logging.shutdown()
+        os._exit(0)

@@ -278,3 +278,28 @@ def test_timeout_ends_timed_out_without_retry_and_leaves_no_ffmpeg(cluster, conn
     assert not ffmpeg_pids(job_id)
     time.sleep(2)
     assert get_view(conn, job_id)["attempts"] == 1
+
+
+def test_an_attempt_whose_lease_is_voided_stops_and_writes_nothing(cluster, conn):
+    from ffrtmp.jobs import lease_key
+
+    cluster.start_agent("f1")
+    spec = validate_spec({"scenario": "live-4k", "duration": 8, "resolution": "64x64", "output": "fenced.ts"})
+    job_id = submit(conn, spec, SubmitDefaults(max_attempts=3))["id"]
+    wait_view(conn, job_id, lambda v: v["state"] == "running" and (v["progress"] or {}).get("frame", 0) > 0)
+    before = get_view(conn, job_id)
+    conn.delete(lease_key(job_id))  # what recovery does when it gives up on an attempt
+    deadline = time.monotonic() + 10
+    while ffmpeg_pids(job_id) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not ffmpeg_pids(job_id)
+    time.sleep(1)
+    after = get_view(conn, job_id)
+    assert (
+        after["history"] == before["history"] and after["error"] is None
+    )  # the fenced attempt wrote nothing
+    assert not list(cluster.outputs.glob(".fenced.*")) and not (cluster.outputs / "fenced.ts").exists()
+    # its RQ execution stops heartbeating, so recovery requeues the job and attempt 2 completes it
+    v = wait_view(conn, job_id, lambda v: v["state"] in TERMINAL, timeout=90)
+    assert v["state"] == "completed" and v["attempts"] == 2, v
+    assert (cluster.outputs / "fenced.ts").is_file()
