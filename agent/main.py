@@ -12,6 +12,7 @@ import shutil
 import signal
 import socket
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +32,7 @@ from ffrtmp.presets import HW_ENCODER_NAMES
 from ffrtmp.queues import slot_queues
 from ffrtmp.redisconn import connect, transport_retry
 
+from .adopt import adopt
 from .context import ENV as CONTEXT_ENV
 from .context import dump_context
 from .metrics import AgentCollector
@@ -89,19 +91,20 @@ class Agent:
     slot_restarts: int = 0
     hw_proven: list[str] = field(default_factory=list)
     draining: bool = False
+    adopted: list[threading.Thread] = field(default_factory=list)
     accepting: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
         self.registry.register(AgentCollector(self))
 
     # --- probe and record ---------------------------------------------------------------
-    def context(self) -> AgentContext:
+    def context(self, encoders: dict[str, bool] | None = None) -> AgentContext:
         return AgentContext(
             node=self.cfg.name,
             input_roots=self.cfg.input_roots,
             output_roots=self.cfg.output_roots,
             work_dir=self.cfg.work_dir,
-            encoders=self.info["encoders"],
+            encoders=self.info["encoders"] if encoders is None else encoders,
             vaapi_device=self.info.get("vaapi_device"),
             ffmpeg=self.cfg.ffmpeg,
             ffprobe=self.cfg.ffprobe,
@@ -247,6 +250,13 @@ class Agent:
                 await asyncio.to_thread(self.heartbeat)
             await asyncio.sleep(1.0)
 
+    async def wait_adopted(self) -> None:
+        """Adopted runs drain like the slots' jobs do; past the drain timeout they are left to
+        the next start of this agent (or stop themselves and get requeued)."""
+        deadline = time.monotonic() + self.cfg.drain_timeout
+        for t in self.adopted:
+            await asyncio.to_thread(t.join, max(0.0, deadline - time.monotonic()))
+
     async def stop_slots(self) -> None:
         """Warm shutdown: idle slots stop at once, busy ones finish their job (bounded by the
         drain timeout). A second SIGTERM after the timeout is RQ's cold shutdown: it kills the
@@ -330,6 +340,13 @@ class Agent:
     async def run(self) -> int:
         cfg = self.cfg
         os.makedirs(cfg.work_dir, exist_ok=True)
+        self.conn = connect(cfg.redis_url, socket_timeout=10)
+        # First of all, before the (slow) probe: runs a previous life of this agent left behind
+        # stop themselves once nobody watches them for 2 heartbeat intervals.
+        try:
+            self.adopted = await asyncio.to_thread(adopt, self.conn, self.context(encoders={}), self.boot_id)
+        except (redis.RedisError, OSError) as exc:
+            log.error("cannot look for runs to adopt (Redis: %s); they will be requeued", exc)
         try:
             self.info = await asyncio.to_thread(probe, cfg.ffmpeg, cfg.ffprobe)
         except ProbeError as exc:
@@ -344,7 +361,6 @@ class Agent:
             self.info["cpu_codecs"],
             extra={"node": cfg.name},
         )
-        self.conn = connect(cfg.redis_url, socket_timeout=10)
         self.plan_slots()
         await asyncio.to_thread(self.heartbeat)
 
@@ -384,6 +400,7 @@ class Agent:
         with contextlib.suppress(redis.RedisError, OSError):
             await asyncio.to_thread(self.heartbeat)
         await self.stop_slots()
+        await self.wait_adopted()
         for t in supervisors:
             t.cancel()
         with contextlib.suppress(redis.RedisError, OSError):

@@ -21,9 +21,11 @@ from collections.abc import Callable
 from datetime import UTC
 from typing import Any
 
+import psutil
 import redis
 from pydantic import ValidationError
 from rq import get_current_job
+from rq.utils import now as rq_now
 
 from ffrtmp import stats
 from ffrtmp.jobs import cancel_key, history_entry, history_key, lease_key, logs_key, utcnow_iso
@@ -31,7 +33,7 @@ from ffrtmp.model import JobSpec, is_url
 
 from .context import load_context
 from .limits import apply_limits, systemd_run_path
-from .pipeline import Plan, PlanError, build_plan
+from .pipeline import AgentContext, Plan, PlanError, build_plan
 from .runner import read_json, reap, remove_path, spawn_detached, touch_owner, with_percent
 from .verify import VerifyError, media_duration, verify_output
 
@@ -126,14 +128,24 @@ def _publish(final: str, tmp: str) -> None:
 
 
 class Attempt:
-    def __init__(self, job: Any, spec_dict: dict[str, Any]) -> None:
+    """One attempt of a job: started by a horse (``run``), or taken over from a horse that died
+    by a restarted agent (``adopted=True``, then ``resume``)."""
+
+    def __init__(
+        self, job: Any, spec_dict: dict[str, Any], ctx: AgentContext | None = None, adopted: bool = False
+    ) -> None:
         self.job = job
         self.conn = job.connection
         self.spec_dict = spec_dict
-        self.ctx = load_context()
-        self.slot = os.environ.get("FFRTMP_SLOT_NAME", "")
+        self.ctx = ctx or load_context()
         meta = job.meta
-        self.attempt = int(meta.get("attempt", 0)) + 1
+        self.adopted = adopted
+        if adopted:
+            self.slot = meta.get("slot") or ""
+            self.attempt = int(meta.get("attempt", 1))
+        else:
+            self.slot = os.environ.get("FFRTMP_SLOT_NAME", "")
+            self.attempt = int(meta.get("attempt", 0)) + 1
         self.timeout = float(meta.get("timeout") or 6 * 3600)
         self.grace = float(meta.get("cancel_grace") or 30)
         self.run_dir = os.path.join(self.ctx.work_dir, "runs", job.id, str(self.attempt))
@@ -399,6 +411,34 @@ class Attempt:
         with contextlib.suppress(ProcessLookupError):
             os.kill(int(started["ffmpeg_pid"]), sig)
 
+    def _runner_gone(self) -> bool:
+        if not self.adopted:
+            return reap(self.runner_pid)  # our child: reap it
+        try:
+            return psutil.Process(self.runner_pid).status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return True
+
+    def _rq_heartbeat(self) -> None:
+        """What the dead worker did for its execution: keep RQ from declaring it abandoned."""
+        ttl = execution_ttl(self.ctx.heartbeat_interval)
+        with contextlib.suppress(redis.RedisError, OSError), self.conn.pipeline() as pipe:
+            for execution in self.job.get_executions():
+                execution.heartbeat(self.job.started_job_registry, ttl, pipeline=pipe)
+            self.job.heartbeat(rq_now(), ttl, pipeline=pipe, xx=True)
+            pipe.execute()
+
+    def resume(self, runner_pid: int, started_wall: float) -> dict[str, Any]:
+        """Watch a run a dead horse started, to its end, as that horse would have."""
+        spec = JobSpec.model_validate(self.spec_dict)
+        plan = build_plan(spec, self.job.id, self.attempt, self.ctx)  # the same paths as when it started
+        self.runner_pid = runner_pid
+        self.t_start = started_wall
+        if plan.duration is None and spec.input and not is_url(spec.input):
+            plan.duration = media_duration(plan.input_desc, self.ctx.ffprobe)
+        self.log.info("attempt adopted after an agent restart")
+        return self._watch(plan)
+
     def _watch(self, plan: Plan) -> dict[str, Any]:
         t0 = time.monotonic()
         stop_reason: str | None = None
@@ -411,6 +451,9 @@ class Attempt:
         exit_path = os.path.join(self.run_dir, "exit.json")
         started_seen = False
         last_touch = 0.0
+        last_rq_heartbeat = 0.0
+        if self.adopted:  # the attempt began before this process: keep its clock for the timeout
+            t0 -= max(0.0, time.time() - self.t_start)
         while True:
             now_wall = time.time()
             exit_info = read_json(exit_path)
@@ -419,7 +462,10 @@ class Attempt:
             if now_wall - last_touch >= 1.0:
                 touch_owner(self.run_dir)
                 last_touch = now_wall
-            if reap(self.runner_pid):
+            if self.adopted and now_wall - last_rq_heartbeat >= self.ctx.heartbeat_interval:
+                last_rq_heartbeat = now_wall
+                self._rq_heartbeat()
+            if self._runner_gone():
                 exit_info = read_json(exit_path)  # it may have written the file just before exiting
                 if exit_info is not None:
                     break
@@ -456,7 +502,7 @@ class Attempt:
                 forced = True
             time.sleep(POLL_S)
         deadline = time.monotonic() + 5
-        while not reap(self.runner_pid) and time.monotonic() < deadline:
+        while not self._runner_gone() and time.monotonic() < deadline:
             time.sleep(0.01)
         return self._finish(plan, exit_info, stop_reason, forced)
 

@@ -20,6 +20,7 @@ from tests.conftest import free_port
 pytestmark = pytest.mark.integration
 BIN = Path(sys.executable).parent
 HB = os.environ.get("FFRTMP_TEST_HEARTBEAT", "1s")  # FFRTMP_TEST_HEARTBEAT=30s measures defaults
+SCHEDULER = "1s" if HB == "1s" else "10s"  # the recovery loop's default interval is 10 s
 TERMINAL = {"completed", "failed", "canceled", "timed_out", "rejected"}
 
 
@@ -303,3 +304,25 @@ def test_an_attempt_whose_lease_is_voided_stops_and_writes_nothing(cluster, conn
     v = wait_view(conn, job_id, lambda v: v["state"] in TERMINAL, timeout=90)
     assert v["state"] == "completed" and v["attempts"] == 2, v
     assert (cluster.outputs / "fenced.ts").is_file()
+
+
+def test_agent_sigkilled_and_restarted_readopts_its_running_job(cluster, conn):
+    cluster.start_agent("r1")
+    spec = validate_spec({"scenario": "live-4k", "duration": 8, "resolution": "64x64", "output": "kept.ts"})
+    job_id = submit(conn, spec, SubmitDefaults(max_attempts=3))["id"]
+    wait_view(conn, job_id, lambda v: v["state"] == "running" and (v["progress"] or {}).get("frame", 0) > 0)
+    pids = ffmpeg_pids(job_id)
+    assert len(pids) == 1
+    cluster.kill_agent("r1")
+    assert ffmpeg_pids(job_id) == pids  # the workload belongs to the OS, not to the agent
+    cluster.start_agent("r1")  # same name and work dir, well within the heartbeat timeout
+    v = wait_view(conn, job_id, lambda v: v["state"] in TERMINAL, timeout=60)
+    assert v["state"] == "completed" and v["attempts"] == 1 and v["node"] == "r1", v
+    assert [h["to"] for h in v["history"]] == ["queued", "running", "completed"]
+    assert v["result"]["duration_s"] > 7 and (cluster.outputs / "kept.ts").is_file()
+    assert not list(cluster.outputs.glob(".kept.*"))
+    log = (cluster.tmp / "r1.log").read_text()
+    assert "adopted run of job " + job_id in log
+    from rq.registry import StartedJobRegistry
+
+    assert StartedJobRegistry(v["rq_queue"], connection=conn).get_job_ids(cleanup=False) == []
