@@ -194,7 +194,8 @@ class Agent:
                 "FFRTMP_SLOT_QUEUES": ",".join(slot.queues),
                 "FFRTMP_REDIS_URL": self.cfg.redis_url,
                 "FFRTMP_WORKER_TTL": str(max(5, int(self.cfg.heartbeat_interval))),
-                "FFRTMP_JOB_MONITORING_INTERVAL": str(max(2, int(self.cfg.heartbeat_interval))),
+                # executions are renewed every half heartbeat interval (see agent.task.execution_ttl)
+                "FFRTMP_JOB_MONITORING_INTERVAL": str(max(1, int(self.cfg.heartbeat_interval / 2))),
                 "FFRTMP_WITH_SCHEDULER": "1" if slot.index == 0 else "0",
                 "FFRTMP_LOG_LEVEL": self.cfg.log_level,
                 "FFRTMP_LOG_DIR": self.cfg.log_dir or "",

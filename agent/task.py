@@ -53,10 +53,11 @@ def orphan_deadline(heartbeat_interval: float) -> float:
 
 def execution_ttl(heartbeat_interval: float) -> int:
     """How long RQ keeps an attempt's execution without a heartbeat before recovery may requeue
-    the job: 3 intervals (DESIGN's heartbeat timeout) plus 5 s. Even when the worker's last
-    execution heartbeat came a whole interval before the horse died, that is later than the
-    orphan deadline (2 intervals) plus the run's 3 s stop: a run never overlaps its retry."""
-    return int(3 * heartbeat_interval + 5)
+    the job: 2.5 intervals plus 5 s. Workers renew it every half interval, so even when the last
+    renewal came half an interval before the horse died, it expires after the run's orphan
+    deadline (2 intervals) plus its 3 s stop: a run never overlaps its retry. At the default 30 s
+    interval a dead node's job is requeued 65-80 s (plus one recovery tick) after it died."""
+    return int(2.5 * heartbeat_interval + 5)
 
 
 class TerminalJobError(Exception):

@@ -39,7 +39,7 @@ class FleetWorker(Worker):
     def get_heartbeat_ttl(self, job: Any, working_time: float = 0.0) -> int:
         """RQ adds a fixed 60 s to the monitoring interval; ffrtmp derives the execution TTL from
         the heartbeat interval instead, so recovery follows --heartbeat-interval."""
-        return execution_ttl(self.job_monitoring_interval)
+        return execution_ttl(2 * self.job_monitoring_interval)  # monitoring runs every half interval
 
     def setup_work_horse_signals(self) -> None:
         super().setup_work_horse_signals()
