@@ -28,8 +28,9 @@ from rq import get_current_job
 from rq.utils import now as rq_now
 
 from ffrtmp import stats
-from ffrtmp.jobs import cancel_key, history_entry, history_key, lease_key, logs_key, utcnow_iso
+from ffrtmp.jobs import PENDING, cancel_key, history_entry, history_key, lease_key, logs_key, utcnow_iso
 from ffrtmp.model import JobSpec, is_url
+from ffrtmp.redisconn import transport_retry
 
 from .context import load_context
 from .limits import apply_limits, systemd_run_path
@@ -174,7 +175,7 @@ class Attempt:
 
     def _save_logs(self) -> None:
         text = _tail(os.path.join(self.run_dir, "stderr.log"))
-        self.conn.hset(logs_key(self.job.id), str(self.attempt), text)
+        transport_retry()(self.conn.hset)(logs_key(self.job.id), str(self.attempt), text)
 
     def start(self, plan: Plan | None) -> bool:
         """Record the attempt as running in one round trip: meta, the attempt's fencing lease,
@@ -217,6 +218,7 @@ class Attempt:
                 ex=int(self.timeout + self.grace + 3600),
             )
             pipe.rpush(history_key(self.job.id), entry)
+            pipe.zrem(PENDING, self.job.id)
             pipe.exists(cancel_key(self.job.id))
             canceled = pipe.execute()[-1]
         self.log.info(
@@ -287,7 +289,8 @@ class Attempt:
             pipe.delete(lease_key(self.job.id))
             add_stats(pipe)
 
-        self._fenced_write(write)
+        # the outcome must not be lost to a Redis blip: retry it (1 s, 2 s, 4 s)
+        transport_retry()(self._fenced_write)(write)
         self.log.info(
             "attempt ended: %s (%s)",
             outcome,
@@ -355,6 +358,7 @@ class Attempt:
                     history_entry("retrying", "queued", "requeued", None, self.attempt),
                 )
                 pipe.hincrby(stats.REQUEUES, reason, 1)
+                pipe.zadd(PENDING, {self.job.id: time.time()})
                 stats.record_violation(
                     pipe, self.ctx.node, self.job.id, self.tier, "platform_failure", f"{reason}: {message}"
                 )
@@ -484,7 +488,8 @@ class Attempt:
                 prog = read_json(progress_path)
                 if prog is not None:
                     self.job.meta["progress"] = with_percent(prog, plan.duration)
-                    self.job.save_meta()
+                    with contextlib.suppress(redis.RedisError, OSError):  # a blip: try again next time
+                        self.job.save_meta()
                     last_progress_mtime, last_save = mtime, now
             if now - last_cancel_poll >= CANCEL_POLL_S:
                 last_cancel_poll = now

@@ -8,6 +8,7 @@ import logging
 import signal
 from typing import Any
 
+import redis
 from rq import Worker
 from rq.timeouts import JobTimeoutException
 
@@ -40,6 +41,20 @@ class FleetWorker(Worker):
         """RQ adds a fixed 60 s to the monitoring interval; ffrtmp derives the execution TTL from
         the heartbeat interval instead, so recovery follows --heartbeat-interval."""
         return execution_ttl(2 * self.job_monitoring_interval)  # monitoring runs every half interval
+
+    def maintain_heartbeats(self, job: Any, execution: Any) -> None:
+        """A stock worker dies when Redis blips during this heartbeat, and its horse (and job)
+        with it. Skip the beat instead: the execution's TTL covers a short outage, and past the
+        orphan deadline the horse stops FFmpeg itself (agent.task), so nothing runs twice."""
+        try:
+            super().maintain_heartbeats(job, execution)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            self.log.warning(
+                "Worker %s: heartbeat skipped, Redis unreachable (%s); job %s keeps running",
+                self.name,
+                exc,
+                job.id,
+            )
 
     def setup_work_horse_signals(self) -> None:
         super().setup_work_horse_signals()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 import redis
@@ -16,15 +17,17 @@ from rq import worker_registration
 from rq.registry import clean_registries
 
 from ffrtmp import stats
-from ffrtmp.jobs import Retention, history_entry, history_key, lease_key, utcnow_iso
+from ffrtmp.jobs import PENDING, Retention, history_entry, history_key, lease_key, utcnow_iso
 from ffrtmp.queues import ALL_QUEUES
-from ffrtmp.rqjob import rq_queue
+from ffrtmp.rqjob import SafeJob, rq_queue
 
 if TYPE_CHECKING:
     from .app import CoordinatorConfig
 
 log = logging.getLogger("ffrtmp.coordinator.recovery")
 LEADER_KEY = "ffrtmp:recovery:leader"
+LOST_SUSPECTS = "ffrtmp:recovery:lost-suspects"  # job id -> when first seen queued but in no queue
+LOST_CONFIRM_S = 5.0
 
 # Renew only if we still hold it; never steal it.
 _RENEW = """
@@ -84,6 +87,7 @@ class Recovery:
                     history_entry("retrying", "queued", "requeued", None, attempt),
                 )
                 pipe.hincrby(stats.REQUEUES, "node_lost", 1)
+                pipe.zadd(PENDING, {job.id: time.time()})
             else:
                 meta.update(
                     outcome="failed",
@@ -114,10 +118,64 @@ class Recovery:
         )
         return True
 
+    def sweep_lost(self, now: float | None = None) -> list[str]:
+        """Find jobs that are 'queued' but in no queue: popped by a worker that died before it
+        registered them (RQ's multi-queue dequeue is a plain BLPOP). A suspect must still look
+        lost on a later sweep, at least ``LOST_CONFIRM_S`` on, before it is pushed back: a live
+        worker takes a few milliseconds from the pop to STARTED, so none is ever queued twice."""
+        now = now or time.time()
+        grace = max(10.0, 2 * self.cfg.heartbeat_interval)
+        candidates = [
+            c.decode() for c in self.conn.zrangebyscore(PENDING, "-inf", now - grace, start=0, num=500)
+        ]
+        if not candidates:
+            return []
+        with self.conn.pipeline(transaction=False) as pipe:
+            for jid in candidates:
+                pipe.hmget(SafeJob.key_for(jid), "status", "origin")
+                pipe.hget(LOST_SUSPECTS, jid)
+            raw = pipe.execute()
+        members: dict[str, set[str]] = {}
+        requeued = []
+        for i, jid in enumerate(candidates):
+            (status, origin), suspect_since = raw[2 * i], raw[2 * i + 1]
+            if status != b"queued" or origin is None:  # started, finished, expired...: not pending
+                self.conn.zrem(PENDING, jid)
+                self.conn.hdel(LOST_SUSPECTS, jid)
+                continue
+            qname = origin.decode()
+            if qname not in members:
+                q = rq_queue(qname, self.conn)
+                members[qname] = {x.decode() for x in self.conn.lrange(q.key, 0, -1)}
+            if jid in members[qname]:  # waiting its turn: look again after another grace period
+                self.conn.zadd(PENDING, {jid: now})
+                self.conn.hdel(LOST_SUSPECTS, jid)
+                continue
+            if suspect_since is None:
+                self.conn.hset(LOST_SUSPECTS, jid, now)
+                continue
+            if now - float(suspect_since) < LOST_CONFIRM_S:
+                continue
+            with self.conn.pipeline() as pipe:
+                rq_queue(qname, self.conn).push_job_id(jid, pipeline=pipe, at_front=True)
+                pipe.rpush(history_key(jid), history_entry("queued", "queued", "lost_in_dequeue", None, 0))
+                pipe.hincrby(stats.REQUEUES, "lost_in_dequeue", 1)
+                pipe.zadd(PENDING, {jid: now})
+                pipe.hdel(LOST_SUSPECTS, jid)
+                pipe.execute()
+            log.warning(
+                "job %s was popped by a worker that died before starting it: requeued",
+                jid,
+                extra={"job": jid},
+            )
+            requeued.append(jid)
+        return requeued
+
     def tick(self) -> int:
         """One recovery pass; returns the number of queues cleaned."""
         if not self.acquire():
             return 0
+        self.sweep_lost()
         cleaned = 0
         for name in ALL_QUEUES:
             q = rq_queue(name, self.conn)

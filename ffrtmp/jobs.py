@@ -23,6 +23,10 @@ from .queues import queue_for
 from .rqjob import TRANSCODE_FUNC, SafeJob, fetch_job, fetch_jobs, rq_queue
 
 JOBS_INDEX = "ffrtmp:jobs"  # zset id -> created unix time
+# zset id -> when it was (re)enqueued; cleared when an attempt starts. RQ workers that listen on
+# several queues dequeue with a plain BLPOP, so a worker killed between the pop and registering
+# the job would lose it; the recovery loop uses this index to find and requeue such jobs.
+PENDING = "ffrtmp:pending"
 SUBMITTED_COUNTER = "ffrtmp:stats:submitted"  # hash "<tier>.<priority>" -> count
 _ID_ALPHABET = "abcdefghijkmnpqrstuvwxyz23456789"  # no l/1/o/0: readable over the phone
 
@@ -127,6 +131,7 @@ def submit(conn: redis.Redis, spec: JobSpec, defaults: SubmitDefaults) -> dict[s
             pipeline=pipe,
         )
         pipe.zadd(JOBS_INDEX, {job_id: now})
+        pipe.zadd(PENDING, {job_id: now})
         pipe.rpush(history_key(job_id), first)
         pipe.hincrby(SUBMITTED_COUNTER, f"{spec.queue}.{spec.priority}", 1)
         pipe.execute()
@@ -300,6 +305,7 @@ def retry(conn: redis.Redis, job_id: str, requested_by: str = "api") -> tuple[st
                 CanceledJobRegistry(job.origin, connection=conn).remove(job, pipeline=pipe)
                 pipe.delete(cancel_key(job_id))
                 rq_queue(job.origin, conn).enqueue_job(job, pipeline=pipe)
+                pipe.zadd(PENDING, {job_id: time.time()})
                 pipe.rpush(
                     history_key(job_id),
                     history_entry(

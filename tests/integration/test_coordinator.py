@@ -131,3 +131,30 @@ def test_bad_flags_and_key_files_fail_with_one_clear_line(tmp_path, redis_server
             env={"PATH": "/usr/bin:/bin"},
         )
         assert res.returncode == 2 and word in res.stderr and "Traceback" not in res.stderr, res.stderr
+
+
+def test_a_job_popped_by_a_worker_that_died_is_requeued_once_and_only_once(conn):
+    from coordinator.app import CoordinatorConfig
+    from coordinator.recovery import Recovery
+    from ffrtmp.auth import KeyRing
+    from ffrtmp.jobs import PENDING, SubmitDefaults, get_view, submit
+    from ffrtmp.model import validate_spec
+    from ffrtmp.rqjob import rq_queue
+
+    cfg = CoordinatorConfig(redis_url="", keys=KeyRing([]), defaults=SubmitDefaults(), heartbeat_interval=1)
+    rec = Recovery(conn, cfg, node_id="test")
+    spec = validate_spec({"scenario": "480p-h264"})
+    lost, waiting, started = (submit(conn, spec, SubmitDefaults())["id"] for _ in range(3))
+    qkey = rq_queue("default.medium", conn).key
+    conn.lrem(qkey, 0, lost)  # popped by a worker that was SIGKILLed before it registered the job
+    conn.lrem(qkey, 0, started)
+    conn.hset(f"rq:job:{started}", "status", "started")  # popped by a live worker that started it
+    now = time.time() + 60  # all three are past the grace period
+    assert rec.sweep_lost(now) == []  # first sight: only suspected
+    assert rec.sweep_lost(now + 1) == []  # not yet confirmed
+    assert rec.sweep_lost(now + 6) == [lost]
+    assert [x.decode() for x in conn.lrange(qkey, 0, -1)] == [lost, waiting]  # at the front, once
+    assert get_view(conn, lost)["history"][-1]["reason"] == "lost_in_dequeue"
+    assert conn.zscore(PENDING, started) is None  # started jobs leave the pending index
+    assert rec.sweep_lost(now + 20) == [] and rec.sweep_lost(now + 40) == []  # never twice
+    assert conn.lrange(qkey, 0, -1).count(lost.encode()) == 1

@@ -1,0 +1,302 @@
+"""Chaos: 3 agents and 60 mixed jobs while agents are SIGKILLed and restarted at random, the
+coordinator is restarted once and Redis (AOF) is restarted once. Bounded to a few minutes with
+1 s heartbeats. Proven at the end from Redis and from the run records on disk: every job is
+terminal, none is missing, no job ever ran twice at once, and no workload failure was retried."""
+
+import itertools
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import redis
+
+from ffrtmp.client import Client
+from tests.conftest import ffprobe, free_port, make_clip, require, video_stream
+
+pytestmark = pytest.mark.integration
+BIN = Path(sys.executable).parent
+TERMINAL = {"completed", "failed", "canceled", "timed_out", "rejected"}
+SEED = int(os.environ.get("FFRTMP_CHAOS_SEED", "20261123"))
+CHAOS_SECONDS = float(os.environ.get("FFRTMP_CHAOS_SECONDS", "75"))
+
+
+class Stack:
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.sock = str(tmp / "r.sock")
+        self.url = f"unix://{self.sock}"
+        self.inputs, self.outputs = tmp / "in", tmp / "out"
+        self.inputs.mkdir()
+        self.outputs.mkdir()
+        self.key = "ffr_chaos_key_0123456789abcdef"
+        self.port = free_port()
+        self.redis: subprocess.Popen | None = None
+        self.coordinator: subprocess.Popen | None = None
+        self.agents: dict[str, subprocess.Popen] = {}
+        self.lock = threading.Lock()
+
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
+        log = open(self.tmp / f"{name}.log", "ab")  # noqa: SIM115
+        return subprocess.Popen(
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+        )
+
+    def start_redis(self) -> None:
+        self.redis = self._spawn(
+            "redis",
+            [
+                "redis-server",
+                "--port",
+                "0",
+                "--unixsocket",
+                self.sock,
+                "--dir",
+                str(self.tmp),
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+            ],
+        )
+        conn = redis.Redis(unix_socket_path=self.sock)
+        for _ in range(300):
+            try:
+                if conn.ping():
+                    return
+            except (redis.ConnectionError, FileNotFoundError):
+                time.sleep(0.02)
+        raise AssertionError("redis did not start")
+
+    def restart_redis(self) -> None:
+        assert self.redis is not None
+        self.redis.terminate()  # SIGTERM: Redis flushes its AOF and exits
+        self.redis.wait(30)
+        self.start_redis()
+
+    def start_coordinator(self) -> None:
+        self.coordinator = self._spawn(
+            "coordinator",
+            [
+                str(BIN / "ffrtmp-coordinator"),
+                "--port",
+                str(self.port),
+                "--redis-url",
+                self.url,
+                "--heartbeat-interval",
+                "1s",
+                "--scheduler-interval",
+                "1s",
+                "--max-retries",
+                "4",
+            ],
+            env={"FFRTMP_API_KEY": self.key},
+        )
+
+    def restart_coordinator(self) -> None:
+        assert self.coordinator is not None
+        self.coordinator.terminate()
+        self.coordinator.wait(30)
+        self.start_coordinator()
+
+    def start_agent(self, name: str) -> None:
+        self.agents[name] = self._spawn(
+            name,
+            [
+                str(BIN / "ffrtmp-agent"),
+                "--redis-url",
+                self.url,
+                "--name",
+                name,
+                "--slots",
+                "2",
+                "--metrics-host",
+                "127.0.0.1",
+                "--metrics-port",
+                str(free_port()),
+                "--heartbeat-interval",
+                "1s",
+                "--work-dir",
+                str(self.tmp / f"work-{name}"),
+                "--input-root",
+                str(self.inputs),
+                "--output-root",
+                str(self.outputs),
+                "--drain-timeout",
+                "20s",
+            ],
+        )
+
+    def kill_agent(self, name: str) -> None:
+        proc = self.agents[name]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+
+    def stop(self) -> None:
+        for proc in self.agents.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.agents.values():
+            proc.wait(60)
+        for proc in (self.coordinator, self.redis):
+            if proc and proc.poll() is None:
+                proc.terminate()
+                proc.wait(30)
+
+
+def chaos(stack: Stack, stop: threading.Event, events: list[str]) -> None:
+    rng = random.Random(SEED)
+    t0 = time.monotonic()
+    did_coordinator = did_redis = False
+    while not stop.is_set() and time.monotonic() - t0 < CHAOS_SECONDS:
+        stop.wait(rng.uniform(4, 8))
+        elapsed = time.monotonic() - t0
+        if not did_coordinator and elapsed > 15:
+            stack.restart_coordinator()
+            events.append(f"{elapsed:.0f}s coordinator restarted")
+            did_coordinator = True
+            continue
+        if not did_redis and elapsed > 35:
+            stack.restart_redis()
+            events.append(f"{elapsed:.0f}s redis restarted")
+            did_redis = True
+            continue
+        name = rng.choice(sorted(stack.agents))
+        stack.kill_agent(name)
+        down = rng.choice([0.2, 1.0, 2.0, 7.0])  # 7 s: past the orphan deadline, so the job moves
+        stop.wait(down)
+        stack.start_agent(name)
+        events.append(f"{elapsed:.0f}s {name} SIGKILLed, back after {down}s")
+
+
+def run_records(tmp: Path) -> dict[str, list[tuple[float, float, str]]]:
+    """(start, end, where) of every FFmpeg run, from every agent's run directories."""
+    runs: dict[str, list[tuple[float, float, str]]] = {}
+    for started in tmp.glob("work-*/runs/*/*/started.json"):
+        exit_file = started.parent / "exit.json"
+        begin = json.loads(started.read_text())["time"]
+        end = json.loads(exit_file.read_text())["time"] if exit_file.exists() else float("inf")
+        job = started.parent.parent.name
+        runs.setdefault(job, []).append((begin, end, f"{started.parts[-5]} attempt {started.parent.name}"))
+    return runs
+
+
+@pytest.mark.timeout(900)
+def test_chaos(tmp_path):
+    require("redis-server")
+    stack = Stack(tmp_path)
+    stack.start_redis()
+    stack.start_coordinator()
+    for name in ("a1", "a2", "a3"):
+        stack.start_agent(name)
+    make_clip(stack.inputs / "clip.mp4", seconds=2, size="320x240")
+    (stack.inputs / "corrupt.mp4").write_bytes(b"\x00not media\x00" * 64)
+    client = Client(f"http://127.0.0.1:{stack.port}", stack.key, retry_initial=0.5, retries=5)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and len(client.get("/nodes")["nodes"]) < 3:
+        time.sleep(0.5)
+
+    rng = random.Random(SEED + 1)
+    kinds = (["transcode"] * 30) + (["live"] * 12) + (["batch"] * 8) + (["corrupt"] * 10)
+    rng.shuffle(kinds)
+    submitted: dict[str, str] = {}
+    stop = threading.Event()
+    events: list[str] = []
+    agitator = threading.Thread(target=chaos, args=(stack, stop, events), daemon=True)
+    agitator.start()
+    try:
+        for i, kind in enumerate(kinds):
+            body = {
+                "transcode": {
+                    "scenario": "480p-h264",
+                    "input": "clip.mp4",
+                    "resolution": "160x120",
+                    "output": f"t{i}.mp4",
+                    "priority": rng.choice(["high", "medium", "low"]),
+                },
+                "live": {
+                    "scenario": "live-4k",
+                    "duration": 3,
+                    "resolution": "64x64",
+                    "queue": "live",
+                    "output": f"l{i}.ts",
+                },
+                "batch": {
+                    "scenario": "720p-h264",
+                    "duration": 2,
+                    "resolution": "160x90",
+                    "queue": "batch",
+                    "output": f"b{i}.mp4",
+                },
+                "corrupt": {"scenario": "480p-h264", "input": "corrupt.mp4", "output": f"c{i}.mp4"},
+            }[kind]
+            submitted[client.post("/jobs", body)["id"]] = kind
+            time.sleep(rng.uniform(0.2, 1.2))
+        agitator.join(CHAOS_SECONDS + 30)
+    finally:
+        stop.set()
+    for name, proc in stack.agents.items():  # every agent up for the end
+        if proc.poll() is not None:
+            stack.start_agent(name)
+
+    conn = redis.Redis(unix_socket_path=stack.sock)
+    views: dict[str, dict] = {}
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        views = {j: client.get(f"/jobs/{j}") for j in submitted}
+        if all(v["state"] in TERMINAL for v in views.values()):
+            break
+        time.sleep(1)
+    try:
+        summary = (
+            "\n".join(events)
+            + "\n"
+            + json.dumps({k: sum(1 for v in views.values() if v["state"] == k) for k in TERMINAL})
+        )
+        assert len(views) == 60 and all(v["state"] in TERMINAL for v in views.values()), summary
+        assert conn.zcard("ffrtmp:jobs") == 60  # none missing, none duplicated
+        assert any("redis restarted" in e for e in events) and any("coordinator" in e for e in events)
+        assert sum("SIGKILLed" in e for e in events) >= 4, summary
+        for job_id, kind in submitted.items():
+            v = views[job_id]
+            history = v["history"]
+            workload_failures = [h for h in history if h["to"] == "failed" and h["reason"] == "ffmpeg_error"]
+            if kind == "corrupt":
+                assert v["state"] == "failed" and v["error"]["reason"] == "ffmpeg_error", v
+                assert len(workload_failures) == 1 and history[-1] is workload_failures[0], history
+            else:
+                assert not workload_failures, history
+                assert v["state"] == "completed" or v["error"]["reason"] == "node_lost", (summary, v)
+        # no job ever ran twice at once: the run records on disk say so
+        for job_id, runs in run_records(tmp_path).items():
+            runs.sort()
+            for (s1, e1, w1), (s2, e2, w2) in itertools.pairwise(runs):
+                assert e1 <= s2, f"{job_id}: {w1} [{s1:.2f}, {e1:.2f}] overlaps {w2} [{s2:.2f}, {e2:.2f}]"
+        completed = [j for j, v in views.items() if v["state"] == "completed"]
+        assert len(completed) >= 40, summary
+        for j in completed[:10]:
+            assert video_stream(ffprobe(views[j]["output"]))["codec_name"] == "h264"
+        assert not list(stack.outputs.glob(".*.part*")), list(stack.outputs.glob(".*"))
+        print(summary)
+    finally:
+        stack.stop()
+    time.sleep(1)
+    leftover = [
+        p.info["pid"]
+        for p in psutil.process_iter(["pid", "cmdline"])
+        if str(tmp_path) in " ".join(p.info["cmdline"] or [])
+    ]
+    assert not leftover
