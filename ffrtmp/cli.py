@@ -541,39 +541,16 @@ def demo(
     """Start a local fleet, generate a 1080p clip with FFmpeg, transcode it with progress, stop."""
     import subprocess
 
+    from .media import make_clip
+
     fleet, _ = _start_fleet(port, slots, metrics_port, state_dir)
     try:
         clip = fleet.inputs / "demo-source-1080p.mp4"
         click.echo(f"generating a {clip_seconds:g}s 1080p test clip: {clip}", err=True)
-        gen = subprocess.run(
-            [
-                "ffmpeg",
-                "-hide_banner",
-                "-loglevel",
-                "error",
-                "-y",
-                "-f",
-                "lavfi",
-                "-i",
-                f"testsrc2=size=1920x1080:rate=30:duration={clip_seconds:g}",
-                "-f",
-                "lavfi",
-                "-i",
-                f"sine=frequency=440:duration={clip_seconds:g}",
-                "-c:v",
-                "libx264",
-                "-preset",
-                "ultrafast",
-                "-c:a",
-                "aac",
-                "-shortest",
-                str(clip),
-            ],
-            capture_output=True,
-            check=False,
-        )
-        if gen.returncode != 0:
-            fail(f"could not generate the clip: {gen.stderr.decode(errors='replace')[-300:]}")
+        try:
+            make_clip(clip, seconds=clip_seconds, size="1920x1080", fps=30)
+        except subprocess.CalledProcessError as exc:
+            fail(f"could not generate the clip: {exc.stderr.decode(errors='replace')[-300:]}")
         ctx = Ctx(fleet.url, fleet.api_key, "table")
         body: dict[str, Any] = {"scenario": scenario, "input": clip.name, "queue": "default"}
         if PRESETS[scenario].kind == "restream":

@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 import redis
 
+from ffrtmp import media
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
@@ -74,37 +76,9 @@ def media_dir(tmp_path: Path) -> Path:
 
 
 def make_clip(path: Path, seconds: float = 2, size: str = "640x360", fps: int = 25) -> Path:
-    """A real H.264/AAC clip made by ffmpeg."""
+    """A real H.264/AAC clip made by ffmpeg (the same generator `ffrtmp demo` uses)."""
     require("ffmpeg")
-    subprocess.run(
-        [
-            "ffmpeg",
-            "-hide_banner",
-            "-loglevel",
-            "error",
-            "-y",
-            "-f",
-            "lavfi",
-            "-i",
-            f"testsrc2=size={size}:rate={fps}:duration={seconds}",
-            "-f",
-            "lavfi",
-            "-i",
-            f"sine=frequency=440:duration={seconds}",
-            "-c:v",
-            "libx264",
-            "-preset",
-            "ultrafast",
-            "-c:a",
-            "aac",
-            "-shortest",
-            "-movflags",
-            "+faststart",
-            str(path),
-        ],
-        check=True,
-    )
-    return path
+    return media.make_clip(path, seconds, size, fps)
 
 
 def ffprobe(path: str | Path) -> dict:

@@ -375,3 +375,32 @@ def test_retry_by_hand_after_fixing_the_input(fleet):
     assert_media(fleet.outputs / "fixed.mp4", "h264", 854, 480, 2)
     again = fleet.cli("jobs", "retry", jid)
     assert again.returncode != 0 and "only failed, timed_out, canceled or rejected" in again.stderr
+
+
+def test_demo_transcodes_a_generated_clip_and_stops(tmp_path):
+    env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path / "cfg")}
+    res = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "ffrtmp"),
+            "demo",
+            "--clip-seconds",
+            "2",
+            "--port",
+            str(free_port()),
+            "--metrics-port",
+            str(free_port()),
+            "--state-dir",
+            str(tmp_path / "state"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    out = res.stdout.strip().splitlines()[-1].removeprefix("output: ")
+    assert out.startswith(str(tmp_path / "state" / "outputs")) and "completed" in res.stdout
+    assert_media(out, "h264", 1280, 720, 2)
+    assert "%" in res.stderr  # progress was shown
+    left = [p for p in psutil.process_iter(["cmdline"]) if str(tmp_path) in " ".join(p.info["cmdline"] or [])]
+    assert not left
