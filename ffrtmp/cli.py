@@ -364,12 +364,16 @@ def nodes_list(ctx: Ctx) -> None:
             f"{n.get('slots_busy', 0)}/{n.get('slots', 0)}",
             ",".join(n.get("capabilities") or []) or "cpu",
             f"{n.get('heartbeat_age_s', 0):.0f}s",
+            f"{n.get('starts_30m', 0)}" + (" FLAPPING" if n.get("flapping") else ""),
             n.get("version", "-"),
         ]
         for n in data["nodes"]
     ]
     ctx.emit(
-        data, _table(rows, ["name", "state", "busy", "hw", "heartbeat", "version"]) if rows else "no nodes"
+        data,
+        _table(rows, ["name", "state", "busy", "hw", "heartbeat", "starts/30m", "version"])
+        if rows
+        else "no nodes",
     )
 
 

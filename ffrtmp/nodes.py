@@ -16,6 +16,14 @@ def node_key(name: str) -> str:
     return f"ffrtmp:node:{name}"
 
 
+def boots_key(name: str) -> str:
+    return f"ffrtmp:node:{name}:boots"  # zset boot id -> when that agent process first beat
+
+
+FLAP_WINDOW_S = 30 * 60
+FLAP_STARTS = 3  # starts within the window that make a node "flapping"
+
+
 def drain_key(name: str) -> str:
     return f"ffrtmp:node:{name}:drain"
 
@@ -23,9 +31,14 @@ def drain_key(name: str) -> str:
 def write_heartbeat(conn: redis.Redis, record: dict[str, Any]) -> None:
     now = time.time()
     record = {**record, "last_heartbeat": now}
+    name = record["name"]
     with conn.pipeline() as pipe:
-        pipe.set(node_key(record["name"]), json.dumps(record, separators=(",", ":")), ex=NODE_TTL_S)
-        pipe.zadd(NODES_INDEX, {record["name"]: now})
+        pipe.set(node_key(name), json.dumps(record, separators=(",", ":")), ex=NODE_TTL_S)
+        pipe.zadd(NODES_INDEX, {name: now})
+        if record.get("boot_id"):  # each agent process start is remembered for a day
+            pipe.zadd(boots_key(name), {record["boot_id"]: now}, nx=True)
+            pipe.zremrangebyscore(boots_key(name), "-inf", now - 24 * 3600)
+            pipe.expire(boots_key(name), 24 * 3600)
         pipe.execute()
 
 
@@ -43,20 +56,23 @@ def list_nodes(conn: redis.Redis, heartbeat_timeout_s: float) -> list[dict[str, 
     names = [n.decode() if isinstance(n, bytes) else n for n in conn.zrange(NODES_INDEX, 0, -1)]
     if not names:
         return []
+    now = time.time()
     with conn.pipeline() as pipe:
         for n in names:
             pipe.get(node_key(n))
             pipe.exists(drain_key(n))
+            pipe.zcount(boots_key(n), now - FLAP_WINDOW_S, "+inf")
         raw = pipe.execute()
-    now = time.time()
     out = []
     for i, _name in enumerate(names):
-        blob, draining = raw[2 * i], raw[2 * i + 1]
+        blob, draining, starts = raw[3 * i], raw[3 * i + 1], raw[3 * i + 2]
         if blob is None:
             continue
         rec = json.loads(blob)
         rec["state"] = node_state(rec, now, heartbeat_timeout_s, bool(draining))
         rec["heartbeat_age_s"] = round(now - float(rec.get("last_heartbeat", 0)), 3)
+        rec["starts_30m"] = int(starts)
+        rec["flapping"] = int(starts) >= FLAP_STARTS
         out.append(rec)
     return out
 

@@ -326,3 +326,44 @@ def test_agent_sigkilled_and_restarted_readopts_its_running_job(cluster, conn):
     from rq.registry import StartedJobRegistry
 
     assert StartedJobRegistry(v["rq_queue"], connection=conn).get_job_ids(cleanup=False) == []
+
+
+def test_a_dead_node_rejoins_cleanly_and_a_flapping_one_shows(cluster, conn):
+    cluster.start_agent("n1")
+
+    def node():
+        return json.loads(cli(cluster, "--output", "json", "nodes", "describe", "n1"))
+
+    assert node()["state"] == "alive" and node()["flapping"] is False
+    cluster.kill_agent("n1")
+    deadline = time.monotonic() + 20
+    while node()["state"] != "dead" and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert node()["state"] == "dead"  # heartbeat 1 s: dead after 3 s
+    cluster.start_agent("n1")
+    assert node()["state"] == "alive" and node()["starts_30m"] == 2
+    job_id = submit(
+        conn, validate_spec({"scenario": "480p-h264", "duration": 1, "resolution": "64x64"}), SubmitDefaults()
+    )["id"]
+    assert wait_view(conn, job_id, lambda v: v["state"] in TERMINAL)["state"] == "completed"
+    cluster.kill_agent("n1")
+    cluster.start_agent("n1")
+    n = node()
+    assert n["starts_30m"] == 3 and n["flapping"] is True
+    assert "FLAPPING" in cli(cluster, "nodes", "list")
+
+
+def test_retention_of_finished_and_failed_jobs(cluster, conn):
+    cluster.start_agent("k1")
+    (cluster.inputs / "bad.mp4").write_bytes(b"nope" * 100)
+    ok = submit(
+        conn, validate_spec({"scenario": "480p-h264", "duration": 1, "resolution": "64x64"}), SubmitDefaults()
+    )["id"]
+    bad = submit(conn, validate_spec({"scenario": "480p-h264", "input": "bad.mp4"}), SubmitDefaults())["id"]
+    for j in (ok, bad):
+        wait_view(conn, j, lambda v: v["state"] in TERMINAL)
+    week, month = 7 * 24 * 3600, 30 * 24 * 3600
+    assert week - 60 < conn.ttl(f"rq:job:{ok}") <= week
+    assert week - 60 < conn.ttl(f"ffrtmp:job:{ok}:history") <= week
+    assert month - 60 < conn.ttl(f"rq:job:{bad}") <= month
+    assert month - 60 < conn.ttl(f"ffrtmp:job:{bad}:history") <= month
