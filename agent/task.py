@@ -535,6 +535,11 @@ class Attempt:
         if exit_info.get("runner_error"):
             _remove(plan.tmp_output)
             self._platform_failure("ffmpeg_not_started", str(exit_info["runner_error"]))
+        if exit_info.get("orphaned"):
+            # the run stopped itself because this attempt stopped watching it (a stall longer
+            # than the orphan deadline): a platform failure, never the workload's fault
+            _remove(plan.tmp_output)
+            self._platform_failure("lost_ownership", "the run stopped itself: its watcher stalled too long")
         if rc != 0:
             _remove(plan.tmp_output)
             first = next((ln for ln in tail_text.splitlines() if ln.strip()), "")

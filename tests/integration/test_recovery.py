@@ -367,3 +367,20 @@ def test_retention_of_finished_and_failed_jobs(cluster, conn):
     assert week - 60 < conn.ttl(f"ffrtmp:job:{ok}:history") <= week
     assert month - 60 < conn.ttl(f"rq:job:{bad}") <= month
     assert month - 60 < conn.ttl(f"ffrtmp:job:{bad}:history") <= month
+
+
+def test_a_redis_stall_does_not_make_workers_quit_or_lose_the_job(cluster, conn, redis_server):
+    cluster.start_agent("s1")
+    sock = redis_server.removeprefix("unix://")
+    server = next(p for p in psutil.process_iter(["cmdline"]) if sock in " ".join(p.info["cmdline"] or []))
+    spec = validate_spec({"scenario": "live-4k", "duration": 6, "resolution": "64x64"})
+    job_id = submit(conn, spec, SubmitDefaults())["id"]
+    wait_view(conn, job_id, lambda v: v["state"] == "running" and (v["progress"] or {}).get("frame", 0) > 0)
+    proc, _ = cluster.agents["s1"]
+    slots = psutil.Process(proc.pid).children()
+    server.suspend()  # SIGSTOP: every Redis call now hangs
+    time.sleep(2.5)
+    server.resume()
+    v = wait_view(conn, job_id, lambda v: v["state"] in TERMINAL, timeout=60)
+    assert v["state"] == "completed" and v["attempts"] == 1, v
+    assert [c.pid for c in psutil.Process(proc.pid).children()] == [c.pid for c in slots]  # no slot quit
