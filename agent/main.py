@@ -39,6 +39,7 @@ from .metrics import AgentCollector
 from .pipeline import AgentContext
 from .probe import ProbeError, probe, test_encode
 from .runner import read_json
+from .task import renewal_interval
 
 log = logging.getLogger("ffrtmp.agent")
 MIN_FREE_DISK_RATIO = 0.10
@@ -194,8 +195,9 @@ class Agent:
                 "FFRTMP_SLOT_QUEUES": ",".join(slot.queues),
                 "FFRTMP_REDIS_URL": self.cfg.redis_url,
                 "FFRTMP_WORKER_TTL": str(max(5, int(self.cfg.heartbeat_interval))),
-                # executions are renewed every half heartbeat interval (see agent.task.execution_ttl)
-                "FFRTMP_JOB_MONITORING_INTERVAL": str(max(1, int(self.cfg.heartbeat_interval / 2))),
+                # running jobs' executions are renewed every 1-2 s (see agent.task.execution_ttl)
+                "FFRTMP_JOB_MONITORING_INTERVAL": str(renewal_interval(self.cfg.heartbeat_interval)),
+                "FFRTMP_HEARTBEAT_INTERVAL": str(self.cfg.heartbeat_interval),
                 "FFRTMP_WITH_SCHEDULER": "1" if slot.index == 0 else "0",
                 "FFRTMP_LOG_LEVEL": self.cfg.log_level,
                 "FFRTMP_LOG_DIR": self.cfg.log_dir or "",

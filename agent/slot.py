@@ -34,6 +34,7 @@ def main() -> None:
         exception_handlers=[terminal_failure_handler],
         log_job_description=True,
     )
+    worker.heartbeat_interval = float(os.environ.get("FFRTMP_HEARTBEAT_INTERVAL", "30"))
     logging.getLogger("ffrtmp.agent.slot").info("slot %s listening on %s", name, ",".join(queues))
     worker.work(
         with_scheduler=os.environ.get("FFRTMP_WITH_SCHEDULER") == "1",

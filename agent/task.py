@@ -48,17 +48,23 @@ LOG_TAIL_BYTES = 16 * 1024
 
 
 def orphan_deadline(heartbeat_interval: float) -> float:
-    """A run nobody watches for this long stops itself (2 heartbeat intervals)."""
-    return max(2.0 * heartbeat_interval, 4.0)
+    """A run nobody watches for this long stops itself: the heartbeat timeout (3 intervals), so
+    an agent restarted within the heartbeat timeout still finds its runs alive and adopts them."""
+    return max(3.0 * heartbeat_interval, 4.0)
+
+
+def renewal_interval(heartbeat_interval: float) -> int:
+    """How often workers renew a running job's RQ execution (whole seconds, RQ's unit)."""
+    return int(min(2.0, max(1.0, heartbeat_interval / 2)))
 
 
 def execution_ttl(heartbeat_interval: float) -> int:
-    """How long RQ keeps an attempt's execution without a heartbeat before recovery may requeue
-    the job: 2.5 intervals plus 5 s. Workers renew it every half interval, so even when the last
-    renewal came half an interval before the horse died, it expires after the run's orphan
-    deadline (2 intervals) plus its 3 s stop: a run never overlaps its retry. At the default 30 s
-    interval a dead node's job is requeued 65-80 s (plus one recovery tick) after it died."""
-    return int(2.5 * heartbeat_interval + 5)
+    """How long an attempt's RQ execution lives without renewal before recovery may requeue the
+    job: the orphan deadline plus one renewal interval plus the run's 3 s stop. Even if the last
+    renewal came a whole renewal interval before the horse died, the execution expires only
+    after the orphaned run has stopped: a run never overlaps its retry. At the default 30 s
+    interval: 95 s, so a dead node's job is requeued within 95 s plus one recovery tick."""
+    return int(orphan_deadline(heartbeat_interval) + renewal_interval(heartbeat_interval) + 3)
 
 
 class TerminalJobError(Exception):

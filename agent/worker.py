@@ -37,10 +37,12 @@ def terminal_failure_handler(job: Any, exc_type: type, exc_value: BaseException,
 
 
 class FleetWorker(Worker):
+    heartbeat_interval: float = 30.0  # the agent's; set by agent.slot
+
     def get_heartbeat_ttl(self, job: Any, working_time: float = 0.0) -> int:
         """RQ adds a fixed 60 s to the monitoring interval; ffrtmp derives the execution TTL from
-        the heartbeat interval instead, so recovery follows --heartbeat-interval."""
-        return execution_ttl(2 * self.job_monitoring_interval)  # monitoring runs every half interval
+        the agent's heartbeat interval instead, so recovery follows --heartbeat-interval."""
+        return execution_ttl(self.heartbeat_interval)
 
     def maintain_heartbeats(self, job: Any, execution: Any) -> None:
         """A stock worker dies when Redis blips during this heartbeat, and its horse (and job)

@@ -149,7 +149,7 @@ def test_a_sigkilled_agents_job_runs_again_elsewhere_never_twice_at_once(cluster
     from ffrtmp.durations import parse_duration
 
     # long enough to still be running when its orphan deadline (2 heartbeats) passes
-    duration = max(6.0, 3 * parse_duration(HB))
+    duration = max(12.0, 4 * parse_duration(HB))
     spec = validate_spec(
         {"scenario": "live-4k", "duration": duration, "resolution": "64x64", "output": "lost.ts"}
     )

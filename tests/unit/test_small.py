@@ -73,3 +73,15 @@ def test_nvidia_smi_rows_parse():
         }
     ]
     assert parse_nvidia_smi("0, Tesla T4, 15360, [N/A], 535.1, [N/A]\n")[0]["utilization_percent"] is None
+
+
+@pytest.mark.parametrize("hb", [0.5, 1, 2, 5, 10, 30, 60, 120])
+def test_recovery_timings_never_overlap_a_run_with_its_retry(hb):
+    from agent.task import execution_ttl, orphan_deadline, renewal_interval
+
+    deadline, renew, ttl = orphan_deadline(hb), renewal_interval(hb), execution_ttl(hb)
+    # the execution can be a whole renewal old when the horse dies; the orphan stops 3 s after its deadline
+    assert ttl - renew >= deadline + 3
+    assert deadline >= 3 * hb  # re-adoption works for a restart within the heartbeat timeout
+    if hb == 30:  # default timings: requeued within heartbeat timeout + 15 s (recovery tick 10 s)
+        assert ttl + 10 <= 3 * hb + 15
