@@ -195,4 +195,6 @@ class Recovery:
                 await asyncio.to_thread(self.tick)
             except (redis.RedisError, OSError) as exc:
                 log.warning("recovery tick failed: %s", exc)
+            except Exception:  # a bug in one tick must not end recovery for good
+                log.exception("recovery tick failed")
             await asyncio.sleep(self.cfg.scheduler_interval)
