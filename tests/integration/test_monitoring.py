@@ -337,7 +337,9 @@ def test_agent_logs_json_lines_to_a_file_reopened_on_sighup_and_reports_sla_viol
             validate_spec({"scenario": "live-4k", "duration": 7, "resolution": "64x64", "queue": "default"}),
             d,
         )["id"]
-        time.sleep(0.5)
+        deadline = time.monotonic() + 30  # the blocker must hold the slot before the live job arrives
+        while get_view(conn, blocker)["state"] != "running" and time.monotonic() < deadline:
+            time.sleep(0.1)
         late = submit(
             conn,
             validate_spec(
