@@ -32,13 +32,12 @@ from ffrtmp.presets import HW_ENCODER_NAMES
 from ffrtmp.queues import slot_queues
 from ffrtmp.redisconn import connect, transport_retry
 
-from .adopt import adopt
+from .adopt import adopt, live_runs
 from .context import ENV as CONTEXT_ENV
 from .context import dump_context
 from .metrics import AgentCollector
 from .pipeline import AgentContext
 from .probe import ProbeError, probe, test_encode
-from .runner import read_json
 from .task import renewal_interval
 
 log = logging.getLogger("ffrtmp.agent")
@@ -113,21 +112,11 @@ class Agent:
         )
 
     def active_runs(self) -> list[dict[str, Any]]:
-        runs_dir = os.path.join(self.cfg.work_dir, "runs")
-        out = []
-        with contextlib.suppress(FileNotFoundError):
-            for job_id in os.listdir(runs_dir):
-                jdir = os.path.join(runs_dir, job_id)
-                for attempt in os.listdir(jdir):
-                    rdir = os.path.join(jdir, attempt)
-                    if os.path.exists(os.path.join(rdir, "exit.json")):
-                        continue
-                    started = read_json(os.path.join(rdir, "started.json"))
-                    if started and psutil.pid_exists(int(started["runner_pid"])):
-                        out.append(
-                            {"job": job_id, "attempt": int(attempt), "ffmpeg_pid": started["ffmpeg_pid"]}
-                        )
-        return out
+        """FFmpeg runs alive on this host (the same scan re-adoption uses)."""
+        return [
+            {"job": r.job_id, "attempt": r.attempt, "ffmpeg_pid": r.ffmpeg_pid}
+            for r in live_runs(self.cfg.work_dir)
+        ]
 
     def disk_free_ratio(self) -> float:
         usage = shutil.disk_usage(self.cfg.work_dir)

@@ -167,11 +167,9 @@ class CoordinatorMetrics:
             }[name]
             h = HistogramMetricFamily(f"ffrtmp_job_{name}_seconds", help_text, labels=["tier"])
             for tier in TIERS:
-                rawh = {k.decode(): float(v) for k, v in hists[i].items()}
+                buckets, total = stats.parse_histogram(hists[i], name)
                 i += 1
-                buckets = [(f"{b:g}", rawh.get(f"{b:g}", 0.0)) for b in stats.HISTOGRAMS[name]]
-                buckets.append(("+Inf", rawh.get("+Inf", 0.0)))
-                h.add_metric([tier], buckets, rawh.get("sum", 0.0))
+                h.add_metric([tier], buckets, total)
             yield h
 
     def _queue_metrics(self, queues: list[dict[str, Any]]):  # type: ignore[no-untyped-def]

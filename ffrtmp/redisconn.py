@@ -69,7 +69,3 @@ def ping(conn: redis.Redis) -> bool:
         return bool(conn.ping())
     except (redis.RedisError, OSError):
         return False
-
-
-def call_with_retry(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    return transport_retry()(fn)(*args, **kwargs)

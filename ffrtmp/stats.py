@@ -57,10 +57,13 @@ def observe(pipe: Pipeline, name: str, tier: str, value: float) -> None:
     pipe.hincrbyfloat(key, "sum", float(value))
 
 
-def read_histogram(conn: redis.Redis, name: str, tier: str) -> tuple[list[tuple[str, float]], float]:
-    raw = {k.decode(): float(v) for k, v in conn.hgetall(hist_key(name, tier)).items()}
-    buckets = [(_le(b), raw.get(_le(b), 0.0)) for b in HISTOGRAMS[name]] + [("+Inf", raw.get("+Inf", 0.0))]
-    return buckets, raw.get("sum", 0.0)
+def parse_histogram(raw: dict[bytes, bytes], name: str) -> tuple[list[tuple[str, float]], float]:
+    """(cumulative buckets, sum) from a histogram hash as ``observe`` writes it."""
+    values = {k.decode(): float(v) for k, v in raw.items()}
+    buckets = [(_le(b), values.get(_le(b), 0.0)) for b in HISTOGRAMS[name]] + [
+        ("+Inf", values.get("+Inf", 0.0))
+    ]
+    return buckets, values.get("sum", 0.0)
 
 
 def record_finished(pipe: Pipeline, tier: str, priority: str, outcome: str, reason: str) -> None:
