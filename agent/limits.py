@@ -4,17 +4,34 @@ asks for limits is refused, never silently run unlimited (DESIGN §5)."""
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
+import subprocess
 
 from .pipeline import PlanError
 
 
+@functools.lru_cache(maxsize=1)
 def systemd_run_path() -> str | None:
-    """systemd-run, if this host's PID 1 is systemd (the only case where scopes work)."""
+    """systemd-run, if this host's PID 1 is systemd and this process may create transient
+    scopes there (an unprivileged agent usually may not: systemd answers "interactive
+    authentication required"). Tried once with a real scope; None means no limits here."""
     if not os.path.isdir("/run/systemd/system"):
         return None
-    return shutil.which("systemd-run")
+    path = shutil.which("systemd-run")
+    if path is None:
+        return None
+    try:
+        trial = subprocess.run(
+            [path, "--scope", "--quiet", "--collect", "--", "true"],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return path if trial.returncode == 0 else None
 
 
 def apply_limits(

@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # Build dist/wheelhouse: the ffrtmp wheel and every wheel it depends on, for the common role
 # to copy to hosts and install with no package index (ffrtmp_common_package_source=wheelhouse).
-# Built for the controller's Python; the hosts need the same Python minor version (Debian 12:
-# 3.11) and CPU architecture.
+# The hosts need CPython 3.11 (Debian 12) on x86_64.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 py=".venv/bin/python"
@@ -10,6 +9,9 @@ py=".venv/bin/python"
 out=dist/wheelhouse
 rm -rf "$out.tmp"
 "$py" -m pip wheel -q --wheel-dir "$out.tmp" . >&2
+# pip evaluates dependency markers for the controller's Python only. Debian 12's Python is
+# 3.11.2, where redis also needs async-timeout (python_full_version < "3.11.3"): add it.
+"$py" -m pip download -q --no-deps --only-binary=:all: --dest "$out.tmp" 'async-timeout>=4.0.3' >&2
 rm -rf "$out"
 mv "$out.tmp" "$out"
 echo "wheelhouse: $out ($(ls "$out" | wc -l) wheels)" >&2
