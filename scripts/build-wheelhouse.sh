@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build dist/wheelhouse: the ffrtmp wheel and every wheel it depends on, for the common role
+# Build dist/wheelhouse (and the same as dist/wheelhouse.tar): the ffrtmp wheel and every wheel it depends on, for the common role
 # to copy to hosts and install with no package index (ffrtmp_common_package_source=wheelhouse).
 # The hosts need CPython 3.11 (Debian 12) on x86_64.
 set -euo pipefail
@@ -8,10 +8,12 @@ py=".venv/bin/python"
 [ -x "$py" ] || py=python3
 out=dist/wheelhouse
 rm -rf "$out.tmp"
-"$py" -m pip wheel -q --wheel-dir "$out.tmp" . >&2
+"$py" -m pip wheel -q --wheel-dir "$out.tmp" . 2>&1 | grep -v "^WARNING: Location" >&2 || true
 # pip evaluates dependency markers for the controller's Python only. Debian 12's Python is
 # 3.11.2, where redis also needs async-timeout (python_full_version < "3.11.3"): add it.
-"$py" -m pip download -q --no-deps --only-binary=:all: --dest "$out.tmp" 'async-timeout>=4.0.3' >&2
+"$py" -m pip download -q --no-deps --only-binary=:all: --dest "$out.tmp" 'async-timeout>=4.0.3' 2>&1 | grep -v "^WARNING: Location" >&2 || true
 rm -rf "$out"
 mv "$out.tmp" "$out"
-echo "wheelhouse: $out ($(ls "$out" | wc -l) wheels)" >&2
+# One file for the common role to copy (a directory copy costs a transfer per wheel).
+tar -C "$out" --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -cf dist/wheelhouse.tar .
+echo "wheelhouse: $out and dist/wheelhouse.tar ($(ls "$out" | wc -l) wheels)" >&2

@@ -44,6 +44,9 @@ PY
   rm -rf "$tmp"
 fi
 
+# MOLECULE_PREPARE_ONLY=1: just the tools and collections (for ansible-lint).
+if [ "${MOLECULE_PREPARE_ONLY:-0}" = 1 ]; then exit 0; fi
+
 # The Debian mirror this machine's apt uses (never a hard-coded host).
 mirror=$( (apt-get indextargets --format '$(REPO_URI) $(CODENAME) $(TARGET_OF)' 2>/dev/null || true) \
   | awk '$2 == "bookworm" && $3 == "deb" && !found {print $1; found = 1}')

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install everything ffrtmp needs on a Debian/Ubuntu machine: system packages (redis-server,
 # ffmpeg; prometheus and prometheus-alertmanager for promtool, amtool and the monitoring tests)
-# and a Python virtual environment in .venv with ffrtmp and its test tools.
+# and a Python virtual environment in .venv with ffrtmp, its test tools and the Ansible tools.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,5 +33,5 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-.venv/bin/python -m pip install -q -e '.[test]'
+.venv/bin/python -m pip install -q -e '.[test,deploy]'
 echo "ffrtmp is installed in .venv (activate with: . .venv/bin/activate)" >&2
