@@ -8,7 +8,7 @@ py=".venv/bin/python"
 [ -x "$py" ] || py=python3
 out=dist/wheelhouse
 rm -rf "$out.tmp"
-"$py" -m pip wheel -q --wheel-dir "$out.tmp" . 2>&1 | grep -v "^WARNING: Location" >&2 || true
+SOURCE_DATE_EPOCH=315532800 "$py" -m pip wheel -q --wheel-dir "$out.tmp" . 2>&1 | grep -v "^WARNING: Location" >&2 || true
 # pip evaluates dependency markers for the controller's Python only. Debian 12's Python is
 # 3.11.2, where redis also needs async-timeout (python_full_version < "3.11.3"): add it.
 "$py" -m pip download -q --no-deps --only-binary=:all: --dest "$out.tmp" 'async-timeout>=4.0.3' 2>&1 | grep -v "^WARNING: Location" >&2 || true
