@@ -11,6 +11,7 @@ from ffrtmp.redisconn import connect
 from ffrtmp.rqjob import SERIALIZER, SafeJob, rq_queue
 
 from . import task  # noqa: F401 - imported before forking so every horse starts warm
+from .limits import systemd_run_path
 from .worker import FleetWorker, set_pdeathsig, terminal_failure_handler
 
 
@@ -20,6 +21,7 @@ def main() -> None:
         "agent", os.environ.get("FFRTMP_LOG_LEVEL", "info"), os.environ.get("FFRTMP_LOG_DIR") or None
     )
     reopen_on_sighup()
+    systemd_run_path()  # its one trial scope, cached here so the horses forked per job inherit it
     name = os.environ["FFRTMP_SLOT_NAME"]
     queues = os.environ["FFRTMP_SLOT_QUEUES"].split(",")
     conn = connect(os.environ["FFRTMP_REDIS_URL"])
