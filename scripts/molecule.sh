@@ -24,6 +24,8 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 [ -x .venv/bin/molecule ] || bash scripts/setup.sh
 
+# Plain logs: they are read by people and grepped below.
+export NO_COLOR=1 ANSIBLE_NOCOLOR=1 PY_COLORS=0
 export CONTAINERS_CONF="$root/molecule/containers.conf"
 export PATH="$root/.venv/bin:$PATH"
 
@@ -89,18 +91,20 @@ logs=dist/molecule-logs
 mkdir -p "$logs"
 jobs=${MOLECULE_JOBS:-3}
 start=$(date +%s)
+failed=$logs/failed
+: > "$failed"
 printf '%s\n' "${scenarios[@]}" | xargs -P "$jobs" -I{} bash -c '
   s={}; t0=$(date +%s)
-  if molecule test -s "$s" > "'"$logs"'/$s.log" 2>&1; then r=passed; else r=FAILED; fi
-  echo "molecule $s: $r in $(( $(date +%s) - t0 )) s" >&2
-  [ "$r" = passed ]' && ok=1 || ok=0
+  if molecule test -s "$s" > "'"$logs"'/$s.log" 2>&1; then r=passed; else r=FAILED; echo "$s" >> "'"$failed"'"; fi
+  echo "molecule $s: $r in $(( $(date +%s) - t0 )) s" >&2' || true
 echo "molecule: ${#scenarios[@]} scenario(s) in $(( $(date +%s) - start )) s (logs in $logs)" >&2
-if [ "$ok" != 1 ]; then
-  for s in "${scenarios[@]}"; do
-    if grep -q "failed=[1-9]\|ERROR" "$logs/$s.log" 2>/dev/null; then
-      echo "==== $s (last lines of $logs/$s.log)" >&2
-      tail -n 40 "$logs/$s.log" >&2
-    fi
-  done
+if [ -s "$failed" ]; then
+  while read -r s; do
+    # The failed tasks with what they said, then how the scenario ended.
+    echo "==== $s: failed tasks (from $logs/$s.log)" >&2
+    grep -n -A 30 -E '(fatal|failed): \[' "$logs/$s.log" | head -n 120 >&2 || true
+    echo "==== $s: last lines" >&2
+    tail -n 15 "$logs/$s.log" >&2
+  done < "$failed"
   exit 1
 fi
