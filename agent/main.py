@@ -24,7 +24,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from ffrtmp import __version__, stats
+from ffrtmp import __version__, options, stats
 from ffrtmp.durations import DURATION
 from ffrtmp.logs import reopen_logs, setup_logging
 from ffrtmp.nodes import drain_key, write_heartbeat
@@ -403,7 +403,7 @@ class Agent:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.option("--redis-url", envvar="FFRTMP_REDIS_URL", default="redis://127.0.0.1:6379/0", show_default=True)
+@options.redis_url
 @click.option("--name", envvar="FFRTMP_NODE_NAME", default=socket.gethostname, show_default="host name")
 @click.option("--slots", envvar="FFRTMP_SLOTS", type=click.IntRange(1, 256), default=2, show_default=True)
 @click.option(
@@ -421,31 +421,14 @@ class Agent:
     default=9091,
     show_default=True,
 )
-@click.option(
-    "--heartbeat-interval",
-    envvar="FFRTMP_HEARTBEAT_INTERVAL",
-    type=DURATION,
-    default="30s",
-    show_default=True,
-)
+@options.heartbeat_interval()
 @click.option(
     "--drain-timeout", envvar="FFRTMP_DRAIN_TIMEOUT", type=DURATION, default="1h", show_default=True
 )
-@click.option(
-    "--input-root",
-    "input_roots",
-    envvar="FFRTMP_INPUT_ROOTS",
-    multiple=True,
-    type=click.Path(file_okay=False),
-    help="Directory inputs may come from (repeatable)",
-)
-@click.option(
-    "--output-root",
-    "output_roots",
-    envvar="FFRTMP_OUTPUT_ROOTS",
-    multiple=True,
-    type=click.Path(file_okay=False),
-    help="Directory outputs go to (repeatable; first is default)",
+@options.roots(
+    "Directory inputs may come from (repeatable)",
+    "Directory outputs go to (repeatable; first is default)",
+    click.Path(file_okay=False),
 )
 @click.option(
     "--work-dir",
@@ -470,22 +453,9 @@ class Agent:
     show_default=True,
     help="How often hardware encoders that passed at start are tested again.",
 )
-@click.option(
-    "--log-dir",
-    envvar="FFRTMP_LOG_DIR",
-    default=None,
-    type=click.Path(file_okay=False),
-    help="Also write JSON logs to <dir>/agent.log (reopened on SIGHUP).",
-)
 @click.option("--ffmpeg", envvar="FFRTMP_FFMPEG", default="ffmpeg", show_default=True)
 @click.option("--ffprobe", envvar="FFRTMP_FFPROBE", default="ffprobe", show_default=True)
-@click.option(
-    "--log-level",
-    envvar="FFRTMP_LOG_LEVEL",
-    default="info",
-    show_default=True,
-    type=click.Choice(["debug", "info", "warning", "error"]),
-)
+@options.logging("agent")
 def main(**kw: Any) -> None:
     """Run an ffrtmp agent on this host."""
     setup_logging("agent", kw["log_level"], kw["log_dir"])

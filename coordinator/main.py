@@ -10,6 +10,7 @@ from typing import Any
 import click
 from aiohttp import web
 
+from ffrtmp import options
 from ffrtmp.auth import ApiKey, KeyFileError, KeyRing, hash_key, parse_key_file
 from ffrtmp.durations import DURATION
 from ffrtmp.jobs import Retention, SubmitDefaults
@@ -45,7 +46,7 @@ def load_keys(keys_file: str | None) -> KeyRing:
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--host", envvar="FFRTMP_HOST", default="127.0.0.1", show_default=True)
 @click.option("--port", envvar="FFRTMP_PORT", type=click.IntRange(0, 65535), default=8080, show_default=True)
-@click.option("--redis-url", envvar="FFRTMP_REDIS_URL", default="redis://127.0.0.1:6379/0", show_default=True)
+@options.redis_url
 @click.option(
     "--api-keys-file",
     envvar="FFRTMP_API_KEYS_FILE",
@@ -69,14 +70,7 @@ def load_keys(keys_file: str | None) -> KeyRing:
     show_default=True,
     help="How often the recovery loop runs.",
 )
-@click.option(
-    "--heartbeat-interval",
-    envvar="FFRTMP_HEARTBEAT_INTERVAL",
-    type=DURATION,
-    default="30s",
-    show_default=True,
-    help="The agents' heartbeat interval.",
-)
+@options.heartbeat_interval("The agents' heartbeat interval.")
 @click.option(
     "--heartbeat-timeout",
     envvar="FFRTMP_HEARTBEAT_TIMEOUT",
@@ -116,34 +110,11 @@ def load_keys(keys_file: str | None) -> KeyRing:
     show_default=True,
     help="How long failed, canceled and timed-out jobs are kept.",
 )
-@click.option(
-    "--input-root",
-    "input_roots",
-    envvar="FFRTMP_INPUT_ROOTS",
-    multiple=True,
-    help="Absolute input paths must be under one of these (checked again on the agent).",
+@options.roots(
+    "Absolute input paths must be under one of these (checked again on the agent).",
+    "Absolute output paths must be under one of these (checked again on the agent).",
 )
-@click.option(
-    "--output-root",
-    "output_roots",
-    envvar="FFRTMP_OUTPUT_ROOTS",
-    multiple=True,
-    help="Absolute output paths must be under one of these (checked again on the agent).",
-)
-@click.option(
-    "--log-dir",
-    envvar="FFRTMP_LOG_DIR",
-    default=None,
-    type=click.Path(file_okay=False),
-    help="Also write JSON logs to <dir>/coordinator.log (reopened on SIGHUP).",
-)
-@click.option(
-    "--log-level",
-    envvar="FFRTMP_LOG_LEVEL",
-    default="info",
-    show_default=True,
-    type=click.Choice(["debug", "info", "warning", "error"]),
-)
+@options.logging("coordinator")
 def main(**kw: Any) -> None:
     """Run the ffrtmp coordinator (REST API, recovery loop, metrics)."""
     setup_logging("coordinator", kw["log_level"], kw["log_dir"])

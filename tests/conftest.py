@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -93,6 +94,54 @@ def ffprobe(path: str | Path) -> dict:
 
 def video_stream(info: dict) -> dict:
     return next(s for s in info["streams"] if s["codec_type"] == "video")
+
+
+def spawn_logged(log: Path, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """Start a process in its own session (a signal to the test runner's group does not reach it)
+    with stdout and stderr appended to ``log``."""
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            argv,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+        )
+
+
+def agent_argv(redis_url: str, name: str, metrics_port: int, work_dir: Path, *extra: str) -> list[str]:
+    """A real agent listening for metrics on 127.0.0.1 only; ``extra`` adds or overrides options."""
+    return [
+        str(BIN / "ffrtmp-agent"),
+        "--redis-url",
+        redis_url,
+        "--name",
+        name,
+        "--metrics-host",
+        "127.0.0.1",
+        "--metrics-port",
+        str(metrics_port),
+        "--work-dir",
+        str(work_dir),
+        *extra,
+    ]
+
+
+def wait_agent_ready(
+    port: int, proc: subprocess.Popen[bytes], log: Path | None = None, timeout: float = 90
+) -> None:
+    """Until the agent's /ready says ready; fails with the end of its log if it never does."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=1) as r:
+                if json.loads(r.read())["ready"]:
+                    return
+        except OSError:
+            time.sleep(0.1)
+    tail = log.read_text(errors="replace")[-2000:] if log and log.exists() else ""
+    proc.kill()
+    pytest.fail(f"agent on :{port} not ready (exit {proc.poll()}):\n{tail}")
 
 
 class LocalFleet:

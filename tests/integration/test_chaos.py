@@ -19,7 +19,7 @@ import pytest
 import redis
 
 from ffrtmp.client import Client
-from tests.conftest import ffprobe, free_port, make_clip, require, video_stream
+from tests.conftest import agent_argv, ffprobe, free_port, make_clip, require, spawn_logged, video_stream
 
 pytestmark = pytest.mark.integration
 BIN = Path(sys.executable).parent
@@ -46,14 +46,7 @@ class Stack:
         self.lock = threading.Lock()
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
-        log = open(self.tmp / f"{name}.log", "ab")  # noqa: SIM115
-        return subprocess.Popen(
-            argv,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **(env or {})},
-            start_new_session=True,
-        )
+        return spawn_logged(self.tmp / f"{name}.log", argv, env)
 
     def start_redis(self) -> None:
         self.redis = self._spawn(
@@ -115,32 +108,23 @@ class Stack:
         self.start_coordinator()
 
     def start_agent(self, name: str) -> None:
-        self.agents[name] = self._spawn(
+        argv = agent_argv(
+            self.url,
             name,
-            [
-                str(BIN / "ffrtmp-agent"),
-                "--redis-url",
-                self.url,
-                "--name",
-                name,
-                "--slots",
-                "2",
-                "--metrics-host",
-                "127.0.0.1",
-                "--metrics-port",
-                str(free_port()),
-                "--heartbeat-interval",
-                "1s",
-                "--work-dir",
-                str(self.tmp / f"work-{name}"),
-                "--input-root",
-                str(self.inputs),
-                "--output-root",
-                str(self.outputs),
-                "--drain-timeout",
-                "20s",
-            ],
+            free_port(),
+            self.tmp / f"work-{name}",
+            "--slots",
+            "2",
+            "--heartbeat-interval",
+            "1s",
+            "--input-root",
+            str(self.inputs),
+            "--output-root",
+            str(self.outputs),
+            "--drain-timeout",
+            "20s",
         )
+        self.agents[name] = self._spawn(name, argv)
 
     def kill_agent(self, name: str) -> None:
         proc = self.agents[name]
@@ -279,10 +263,10 @@ def test_chaos(tmp_path):
             history = v["history"]
             workload_failures = [h for h in history if h["to"] == "failed" and h["reason"] == "ffmpeg_error"]
             if kind == "corrupt":
-                assert v["state"] == "failed" and v["error"]["reason"] == "ffmpeg_error", v
-                assert len(workload_failures) == 1 and history[-1] is workload_failures[0], history
+                assert v["state"] == "failed" and v["error"]["reason"] == "ffmpeg_error", (summary, v)
+                assert len(workload_failures) == 1 and history[-1] is workload_failures[0], (summary, v)
             else:
-                assert not workload_failures, history
+                assert not workload_failures, (summary, kind, v)
                 assert v["state"] == "completed" or v["error"]["reason"] == "node_lost", (summary, v)
         # no job ever ran twice at once: the run records on disk say so
         for job_id, runs in run_records(tmp_path).items():

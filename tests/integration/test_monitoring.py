@@ -17,7 +17,7 @@ import yaml
 
 from ffrtmp.jobs import SubmitDefaults, get_view, submit
 from ffrtmp.model import validate_spec
-from tests.conftest import ROOT, LocalFleet, free_port, require
+from tests.conftest import ROOT, LocalFleet, agent_argv, free_port, require, spawn_logged, wait_agent_ready
 
 pytestmark = pytest.mark.integration
 BIN = Path(sys.executable).parent
@@ -279,41 +279,24 @@ def test_metrics_reads_never_clean_rq_registries(busy_fleet):
 def start_agent(redis_url, tmp_path, *extra):
     port = free_port()
     log_dir = tmp_path / "logs"
-    proc = subprocess.Popen(
-        [
-            str(BIN / "ffrtmp-agent"),
-            "--redis-url",
-            redis_url,
-            "--name",
-            "mon-agent",
-            "--slots",
-            "1",
-            "--live-slots",
-            "0",
-            "--metrics-host",
-            "127.0.0.1",
-            "--metrics-port",
-            str(port),
-            "--work-dir",
-            str(tmp_path / "work"),
-            "--log-dir",
-            str(log_dir),
-            "--heartbeat-interval",
-            "2s",
-            *extra,
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    argv = agent_argv(
+        redis_url,
+        "mon-agent",
+        port,
+        tmp_path / "work",
+        "--slots",
+        "1",
+        "--live-slots",
+        "0",
+        "--log-dir",
+        str(log_dir),
+        "--heartbeat-interval",
+        "2s",
+        *extra,
     )
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        try:
-            if json.loads(get(f"http://127.0.0.1:{port}/ready"))["ready"]:
-                return proc, port, log_dir
-        except OSError:
-            time.sleep(0.2)
-    proc.kill()
-    pytest.fail("agent not ready")
+    proc = spawn_logged(tmp_path / "agent.out", argv)
+    wait_agent_ready(port, proc, tmp_path / "agent.out")
+    return proc, port, log_dir
 
 
 def wait_done(conn, job_id, timeout=60):

@@ -15,7 +15,7 @@ import pytest
 
 from ffrtmp.jobs import SubmitDefaults, get_view, submit
 from ffrtmp.model import validate_spec
-from tests.conftest import free_port
+from tests.conftest import agent_argv, free_port, spawn_logged, wait_agent_ready
 
 pytestmark = pytest.mark.integration
 BIN = Path(sys.executable).parent
@@ -53,56 +53,32 @@ class Cluster:
             env={"FFRTMP_API_KEY": self.key},
         )
 
-    def _spawn(self, name, argv, env=None):
-        log = open(self.tmp / f"{name}.log", "ab")  # noqa: SIM115
-        return subprocess.Popen(
-            argv,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **(env or {})},
-            start_new_session=True,
-        )
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
+        return spawn_logged(self.tmp / f"{name}.log", argv, env)
 
     def start_agent(self, name: str, slots: int = 1) -> None:
         port = free_port()
-        proc = self._spawn(
+        argv = agent_argv(
+            self.redis_url,
             name,
-            [
-                str(BIN / "ffrtmp-agent"),
-                "--redis-url",
-                self.redis_url,
-                "--name",
-                name,
-                "--slots",
-                str(slots),
-                "--live-slots",
-                "0",
-                "--metrics-host",
-                "127.0.0.1",
-                "--metrics-port",
-                str(port),
-                "--heartbeat-interval",
-                HB,
-                "--work-dir",
-                str(self.tmp / f"work-{name}"),
-                "--input-root",
-                str(self.inputs),
-                "--output-root",
-                str(self.outputs),
-                "--drain-timeout",
-                "30s",
-            ],
+            port,
+            self.tmp / f"work-{name}",
+            "--slots",
+            str(slots),
+            "--live-slots",
+            "0",
+            "--heartbeat-interval",
+            HB,
+            "--input-root",
+            str(self.inputs),
+            "--output-root",
+            str(self.outputs),
+            "--drain-timeout",
+            "30s",
         )
+        proc = self._spawn(name, argv)
         self.agents[name] = (proc, port)
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=1) as r:
-                    if json.loads(r.read())["ready"]:
-                        return
-            except OSError:
-                time.sleep(0.1)
-        raise AssertionError(f"agent {name} not ready: " + (self.tmp / f"{name}.log").read_text()[-2000:])
+        wait_agent_ready(port, proc, self.tmp / f"{name}.log")
 
     def kill_agent(self, name: str) -> None:
         proc, _ = self.agents.pop(name)
