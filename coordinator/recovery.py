@@ -13,13 +13,23 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import redis
-from rq import worker_registration
+from rq import Worker, worker_registration
+from rq.job import JobStatus
 from rq.registry import clean_registries
 
 from ffrtmp import stats
-from ffrtmp.jobs import PENDING, Retention, history_entry, history_key, lease_key, utcnow_iso
+from ffrtmp.jobs import (
+    PENDING,
+    Retention,
+    history_entry,
+    history_key,
+    lease_key,
+    recorded_outcome,
+    settle_completed,
+    utcnow_iso,
+)
 from ffrtmp.queues import ALL_QUEUES
-from ffrtmp.rqjob import SafeJob, rq_queue
+from ffrtmp.rqjob import SERIALIZER, SafeJob, fetch_job, rq_queue
 
 if TYPE_CHECKING:
     from .app import CoordinatorConfig
@@ -76,6 +86,20 @@ class Recovery:
         dead attempt's fencing lease."""
         meta = job.meta or {}
         node, attempt = meta.get("node"), int(meta.get("attempt", 0))
+        ended = recorded_outcome(self.conn, job)
+        if ended is not None:
+            # The attempt had ended and said how (failed, canceled...) before its worker died:
+            # RQ only missed the news. Fail it in RQ as it ended, never retry it, no node_lost.
+            job.retries_left = 0
+            self.conn.delete(lease_key(job.id))
+            log.warning(
+                "job %s: attempt %d had ended (%s) before its worker died; recorded as such",
+                job.id,
+                attempt,
+                ended,
+                extra={"job": job.id, "attempt": attempt, "node": node},
+            )
+            return True
         tier, prio = meta.get("tier", "default"), meta.get("priority", "medium")
         retry = bool(job.retries_left and job.retries_left > 0)
         msg = f"attempt {attempt} on {node} stopped heartbeating (node lost, agent or slot killed)"
@@ -171,6 +195,36 @@ class Recovery:
             requeued.append(jid)
         return requeued
 
+    def settle_completed(self, q: Any) -> list[str]:
+        """Jobs whose attempt completed (its meta says so) but whose worker died before telling
+        RQ: record the success instead of letting RQ's cleanup requeue a finished job."""
+        settled = []
+        for job_id in q.started_job_registry.get_expired_job_ids(time.time()):
+            job = fetch_job(self.conn, job_id)
+            if job is None or job.get_status() != JobStatus.STARTED:
+                continue
+            executions = job.get_executions()
+            if settle_completed(job, self._settler(q), q, executions[0] if executions else None):
+                self.conn.delete(lease_key(job.id))
+                log.warning(
+                    "job %s had completed before its worker died; success recorded",
+                    job.id,
+                    extra={"job": job.id},
+                )
+                settled.append(job.id)
+        return settled
+
+    def _settler(self, q: Any) -> Worker:
+        """An RQ worker object used only for its bookkeeping methods: never registered, never run."""
+        return Worker(
+            [q],
+            name=f"recovery.{self.node_id}",
+            connection=self.conn,
+            job_class=SafeJob,
+            serializer=SERIALIZER,
+            prepare_for_work=False,
+        )
+
     def tick(self) -> int:
         """One recovery pass; returns the number of queues cleaned."""
         if not self.acquire():
@@ -182,6 +236,7 @@ class Recovery:
             if not q.acquire_maintenance_lock():
                 continue  # a worker is cleaning this queue right now
             try:
+                self.settle_completed(q)
                 clean_registries(q, exception_handlers=[self.on_abandoned])
                 worker_registration.clean_worker_registry(q)
                 cleaned += 1
