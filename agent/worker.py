@@ -12,7 +12,7 @@ import redis
 from rq import Worker
 from rq.timeouts import JobTimeoutException
 
-from ffrtmp.jobs import recorded_outcome, settle_completed
+from ffrtmp.jobs import fresh_meta, recorded_outcome, settle_completed
 from ffrtmp.rqjob import UnsafeJobError
 
 from .task import TerminalJobError, execution_ttl
@@ -69,10 +69,11 @@ class FleetWorker(Worker):
     ) -> None:
         """A horse can die after its attempt recorded an outcome and before it told RQ (killed,
         out of memory). RQ calls that a failure and retries it; the attempt's own word stands."""
-        if settle_completed(job, self, queue, execution):
+        meta = fresh_meta(job)
+        if settle_completed(job, meta, self, queue, execution):
             self.log.warning("Worker %s: job %s had completed before its horse died", self.name, job.id)
             return
-        if recorded_outcome(self.connection, job) is not None:
+        if recorded_outcome(meta) is not None:
             job.retries_left = 0  # it ended for good (failed, canceled...): never run it again
         super().handle_job_failure(job, queue, started_job_registry, exc_string, execution)
 

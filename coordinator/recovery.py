@@ -21,6 +21,7 @@ from ffrtmp import stats
 from ffrtmp.jobs import (
     PENDING,
     Retention,
+    fresh_meta,
     history_entry,
     history_key,
     lease_key,
@@ -86,7 +87,7 @@ class Recovery:
         dead attempt's fencing lease."""
         meta = job.meta or {}
         node, attempt = meta.get("node"), int(meta.get("attempt", 0))
-        ended = recorded_outcome(self.conn, job)
+        ended = recorded_outcome(fresh_meta(job))
         if ended is not None:
             # The attempt had ended and said how (failed, canceled...) before its worker died:
             # RQ only missed the news. Fail it in RQ as it ended, never retry it, no node_lost.
@@ -204,7 +205,8 @@ class Recovery:
             if job is None or job.get_status() != JobStatus.STARTED:
                 continue
             executions = job.get_executions()
-            if settle_completed(job, self._settler(q), q, executions[0] if executions else None):
+            execution = executions[0] if executions else None
+            if settle_completed(job, fresh_meta(job), self._settler(q), q, execution):
                 self.conn.delete(lease_key(job.id))
                 log.warning(
                     "job %s had completed before its worker died; success recorded",

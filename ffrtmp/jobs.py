@@ -320,25 +320,28 @@ def retry(conn: redis.Redis, job_id: str, requested_by: str = "api") -> tuple[st
         return "queued", get_view(conn, job_id)
 
 
-def recorded_outcome(conn: redis.Redis, job: Any) -> str | None:
-    """The outcome the job's current attempt wrote (``meta.outcome``, read fresh from Redis), or
-    None while it has not ended. A worker may die between that write and telling RQ."""
-    raw = conn.hget(job.key, "meta")
-    if not raw:
-        return None
-    outcome = job.serializer.loads(raw).get("outcome")
+def fresh_meta(job: Any) -> dict[str, Any]:
+    """The job's meta as Redis has it now (an attempt writes it from another process)."""
+    raw = job.connection.hget(job.key, "meta")
+    return job.serializer.loads(raw) if raw else {}
+
+
+def recorded_outcome(meta: dict[str, Any]) -> str | None:
+    """The outcome the job's current attempt wrote, or None while it has not ended. A worker
+    may die between that write and telling RQ."""
+    outcome = meta.get("outcome")
     return outcome if outcome in {s.value for s in TERMINAL_STATES} else None
 
 
-def settle_completed(job: Any, worker: Any, queue: Any, execution: Any) -> bool:
-    """Record in RQ the success of an attempt that wrote ``outcome: completed`` before its
-    worker (or horse) died, as that worker would have. RQ would otherwise treat the job as
-    abandoned and requeue it, and a finished job would run again. False when the attempt did
-    not complete (or RQ's execution record is gone: then the caller fails it without a retry,
-    and the job's view still says 'completed' from its meta)."""
-    if execution is None or recorded_outcome(job.connection, job) != "completed":
+def settle_completed(job: Any, meta: dict[str, Any], worker: Any, queue: Any, execution: Any) -> bool:
+    """Record in RQ the success of an attempt whose ``meta`` (fresh) says ``completed`` but whose
+    worker (or horse) died before telling RQ, as that worker would have. RQ would otherwise treat
+    the job as abandoned and requeue it, and a finished job would run again. False when the
+    attempt did not complete (or RQ's execution record is gone: then the caller fails it without
+    a retry, and the job's view still says 'completed' from its meta)."""
+    if execution is None or recorded_outcome(meta) != "completed":
         return False
-    job.meta = job.serializer.loads(job.connection.hget(job.key, "meta"))
+    job.meta = meta
     if job.ended_at is None:
         job.ended_at = datetime.now(UTC)
     worker.handle_job_success(job, queue, queue.started_job_registry, execution)
