@@ -21,7 +21,6 @@ from ffrtmp import stats
 from ffrtmp.jobs import (
     PENDING,
     Retention,
-    fresh_meta,
     history_entry,
     history_key,
     lease_key,
@@ -87,7 +86,7 @@ class Recovery:
         dead attempt's fencing lease."""
         meta = job.meta or {}
         node, attempt = meta.get("node"), int(meta.get("attempt", 0))
-        ended = recorded_outcome(fresh_meta(job))
+        ended = recorded_outcome(meta)  # RQ's cleanup fetched the job just now: meta is fresh
         if ended is not None:
             # The attempt had ended and said how (failed, canceled...) before its worker died:
             # RQ only missed the news. Fail it in RQ as it ended, never retry it, no node_lost.
@@ -206,7 +205,7 @@ class Recovery:
                 continue
             executions = job.get_executions()
             execution = executions[0] if executions else None
-            if settle_completed(job, fresh_meta(job), self._settler(q), q, execution):
+            if settle_completed(job, job.meta or {}, self._settler(q), q, execution):
                 self.conn.delete(lease_key(job.id))
                 log.warning(
                     "job %s had completed before its worker died; success recorded",
