@@ -30,15 +30,17 @@ from ffrtmp.logs import reopen_logs, setup_logging
 from ffrtmp.nodes import drain_key, write_heartbeat
 from ffrtmp.presets import HW_ENCODER_NAMES
 from ffrtmp.queues import slot_queues
-from ffrtmp.redisconn import connect, transport_retry
+from ffrtmp.redisconn import connect, ping, transport_retry
+from ffrtmp.rundir import RunDir
+from ffrtmp.timing import renewal_interval
 
-from .adopt import adopt, live_runs
+from . import disk
+from .adopt import adopt
 from .context import ENV as CONTEXT_ENV
 from .context import dump_context
 from .metrics import AgentCollector
 from .pipeline import AgentContext
 from .probe import ProbeError, probe, test_encode
-from .task import renewal_interval
 
 log = logging.getLogger("ffrtmp.agent")
 MIN_FREE_DISK_RATIO = 0.10
@@ -64,6 +66,7 @@ class AgentConfig:
     stall_after: float = 120.0
     encoder_recheck: float = 600.0
     log_dir: str | None = None
+    min_free_space: int = 256 * 1024 * 1024
 
 
 @dataclass
@@ -93,6 +96,8 @@ class Agent:
     draining: bool = False
     adopted: list[threading.Thread] = field(default_factory=list)
     accepting: asyncio.Event = field(default_factory=asyncio.Event)
+    holds: dict[str, str] = field(default_factory=dict)  # why no job is taken now -> detail
+    disk: list[disk.RootSpace] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.registry.register(AgentCollector(self))
@@ -113,10 +118,18 @@ class Agent:
 
     def active_runs(self) -> list[dict[str, Any]]:
         """FFmpeg runs alive on this host (the same scan re-adoption uses)."""
-        return [
-            {"job": r.job_id, "attempt": r.attempt, "ffmpeg_pid": r.ffmpeg_pid}
-            for r in live_runs(self.cfg.work_dir)
-        ]
+        out = []
+        for rd in RunDir.live(self.cfg.work_dir):
+            st = rd.started() or {}
+            out.append(
+                {
+                    "job": rd.job_id,
+                    "attempt": rd.attempt,
+                    "ffmpeg_pid": st.get("ffmpeg_pid"),
+                    "run_dir": rd.path,
+                }
+            )
+        return out
 
     def disk_free_ratio(self) -> float:
         usage = shutil.disk_usage(self.cfg.work_dir)
@@ -155,6 +168,10 @@ class Agent:
             "cpu_percent": psutil.cpu_percent(interval=None),
             "memory_percent": psutil.virtual_memory().percent,
             "disk_free_ratio": round(self.disk_free_ratio(), 4),
+            "disk": [
+                {"path": d.path, "free_bytes": d.free_bytes, "full": d.full, "why": d.why} for d in self.disk
+            ],
+            "holds": dict(self.holds),
             "running": runs,
             "draining": self.stopping or self.draining,
             "metrics_port": self.cfg.metrics_port,
@@ -190,6 +207,7 @@ class Agent:
                 "FFRTMP_WITH_SCHEDULER": "1" if slot.index == 0 else "0",
                 "FFRTMP_LOG_LEVEL": self.cfg.log_level,
                 "FFRTMP_LOG_DIR": self.cfg.log_dir or "",
+                "FFRTMP_AGENT_PID": str(os.getpid()),
                 CONTEXT_ENV: dump_context(self.context()),
             }
         )
@@ -208,10 +226,20 @@ class Agent:
             if self.stopping:
                 return
             if not self.accepting.is_set():
-                log.info("slot %s stopped for the drain", slot.name)
+                log.info("slot %s stopped: %s", slot.name, ", ".join(self.holds))
+                continue
+            self.slot_restarts += 1
+            if not await asyncio.to_thread(ping, self.conn):
+                # Redis is away: every slot would die at once again. Wait for it, then restart
+                # at once: the back-off is for slots that crash, not for an outage.
+                log.warning(
+                    "slot %s exited with %s while Redis is unreachable; waiting for it", slot.name, rc
+                )
+                while not self.stopping and not await asyncio.to_thread(ping, self.conn):
+                    await asyncio.sleep(0.5)
+                slot.restarts = 0
                 continue
             slot.restarts = slot.restarts + 1 if time.monotonic() - slot.started < 60 else 1
-            self.slot_restarts += 1
             delay = min(30.0, 2.0 ** (slot.restarts - 1))
             log.warning("slot %s exited with %s; restarting in %.0fs", slot.name, rc, delay)
             await asyncio.sleep(delay)
@@ -226,21 +254,46 @@ class Agent:
                 drained = bool(await asyncio.to_thread(self.conn.exists, drain_key(self.cfg.name)))
             except (redis.RedisError, OSError):
                 drained = self.draining  # keep the last known state through a Redis blip
-            if drained and not self.draining:
-                self.draining = True
-                self.accepting.clear()
-                log.info("draining: taking no new jobs; running jobs finish")
-                for s in self.slots:
-                    if s.proc and s.proc.returncode is None:
-                        with contextlib.suppress(ProcessLookupError):
-                            s.proc.send_signal(signal.SIGTERM)
-                await asyncio.to_thread(self.heartbeat)
-            elif not drained and self.draining:
-                self.draining = False
-                self.accepting.set()
-                log.info("undrained: taking jobs again")
-                await asyncio.to_thread(self.heartbeat)
+            if drained != self.draining:
+                self.draining = drained
+                await self.set_hold("draining", "drained through the API" if drained else None)
+            await self.check_disks()
             await asyncio.sleep(1.0)
+
+    async def check_disks(self) -> None:
+        """A full work dir or output root stops the node taking jobs (each would fail) until
+        space is back; /ready and the node record say which one."""
+        self.disk = await asyncio.to_thread(
+            disk.check, self.cfg.work_dir, self.cfg.output_roots, self.cfg.min_free_space
+        )
+        full = [f"{d.path}: {d.why}" for d in self.disk if d.full]
+        await self.set_hold("disk_full", "; ".join(full) if full else None)
+
+    async def set_hold(self, reason: str, detail: str | None) -> None:
+        """Stop taking jobs while any hold is on (drain, a full disk): every slot's RQ worker is
+        stopped warmly (an idle one at once, a busy one after its job); they start again when
+        the last hold is lifted."""
+        was = bool(self.holds)
+        if detail is None:
+            if self.holds.pop(reason, None) is None:
+                return
+            log.info("%s lifted", reason)
+        else:
+            if self.holds.get(reason) == detail:
+                return
+            self.holds[reason] = detail
+            log.warning("taking no new jobs: %s (%s); running jobs finish", reason, detail)
+        if self.holds and not was:
+            self.accepting.clear()
+            for s in self.slots:
+                if s.proc and s.proc.returncode is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        s.proc.send_signal(signal.SIGTERM)
+        elif not self.holds and was:
+            self.accepting.set()
+            log.info("taking jobs again")
+        with contextlib.suppress(redis.RedisError, OSError):
+            await asyncio.to_thread(self.heartbeat)
 
     async def wait_adopted(self) -> None:
         """Adopted runs drain like the slots' jobs do; past the drain timeout they are left to
@@ -279,6 +332,7 @@ class Agent:
         ratio = self.disk_free_ratio()
         if ratio < MIN_FREE_DISK_RATIO:
             problems.append(f"work dir disk only {ratio:.1%} free (< {MIN_FREE_DISK_RATIO:.0%})")
+        problems.extend(f"disk full: {d.path}: {d.why}" for d in self.disk if d.full)
         try:
             assert self.conn is not None
             await asyncio.to_thread(self.conn.ping)
@@ -287,7 +341,7 @@ class Agent:
         if self.stopping or self.draining:
             problems.append("draining")
         alive = sum(1 for s in self.slots if s.proc and s.proc.returncode is None)
-        if alive < len(self.slots) and not self.draining:
+        if alive < len(self.slots) and not self.holds:
             problems.append(f"{len(self.slots) - alive} slot(s) not running")
         body = {"ready": not problems, "problems": problems, "node": self.cfg.name}
         return web.json_response(body, status=200 if not problems else 503)
@@ -336,7 +390,7 @@ class Agent:
         # First of all, before the (slow) probe: runs a previous life of this agent left behind
         # stop themselves once nobody watches them for 2 heartbeat intervals.
         try:
-            self.adopted = await asyncio.to_thread(adopt, self.conn, self.context(encoders={}), self.boot_id)
+            self.adopted = await asyncio.to_thread(adopt, self.conn, self.context(encoders={}))
         except (redis.RedisError, OSError) as exc:
             log.error("cannot look for runs to adopt (Redis: %s); they will be requeued", exc)
         try:
@@ -354,6 +408,8 @@ class Agent:
             extra={"node": cfg.name},
         )
         self.plan_slots()
+        self.accepting.set()
+        await self.check_disks()
         await asyncio.to_thread(self.heartbeat)
 
         app = web.Application()
@@ -370,7 +426,6 @@ class Agent:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         loop.add_signal_handler(signal.SIGHUP, self.reopen_logs)
-        self.accepting.set()
         supervisors = [asyncio.create_task(self.supervise_slot(s)) for s in self.slots]
         supervisors.append(asyncio.create_task(self.watch_drain()))
         log.info("agent %s up: %d slots, metrics on :%d", cfg.name, cfg.slots, cfg.metrics_port)
@@ -453,6 +508,14 @@ class Agent:
     show_default=True,
     help="How often hardware encoders that passed at start are tested again.",
 )
+@click.option(
+    "--min-free-space",
+    envvar="FFRTMP_MIN_FREE_SPACE",
+    type=click.IntRange(0),
+    default=256,
+    show_default=True,
+    help="MiB that must stay free on the work dir and every output root, or no job is taken.",
+)
 @click.option("--ffmpeg", envvar="FFRTMP_FFMPEG", default="ffmpeg", show_default=True)
 @click.option("--ffprobe", envvar="FFRTMP_FFPROBE", default="ffprobe", show_default=True)
 @options.logging("agent")
@@ -473,6 +536,7 @@ def main(**kw: Any) -> None:
             kw[key] = [os.path.join(work, default)]
             os.makedirs(kw[key][0], exist_ok=True)
     kw["work_dir"] = work
+    kw["min_free_space"] = kw["min_free_space"] * 1024 * 1024
     cfg = AgentConfig(**kw)
     sys.exit(asyncio.run(Agent(cfg).run()))
 

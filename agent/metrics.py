@@ -4,7 +4,6 @@ samples only where the hardware exists."""
 
 from __future__ import annotations
 
-import os
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -14,9 +13,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoM
 
 from ffrtmp import __version__, stats
 from ffrtmp.presets import HW_ENCODER_NAMES
+from ffrtmp.rundir import RunDir
 
 from .probe import nvidia_gpus
-from .runner import read_json
 
 if TYPE_CHECKING:
     from .main import Agent
@@ -30,9 +29,9 @@ def run_stats(runs: list[dict[str, Any]], work_dir: str, stall_after_s: float) -
     speeds = []
     stalled = 0
     for r in runs:
-        rdir = os.path.join(work_dir, "runs", r["job"], str(r["attempt"]))
-        prog = read_json(os.path.join(rdir, "progress.json"))
-        started = read_json(os.path.join(rdir, "started.json")) or {}
+        rd = RunDir(r["run_dir"])
+        prog = rd.progress()
+        started = rd.started() or {}
         last = (prog or {}).get("time") or started.get("time") or now
         if now - float(last) > stall_after_s:
             stalled += 1

@@ -1,19 +1,16 @@
-"""The per-run supervisor: one per attempt, owning ``<work>/runs/<job>/<attempt>/``.
+"""The per-run supervisor: one per attempt, owning its run directory (``ffrtmp.rundir``).
 
-It is started detached from the RQ horse (double fork, own session), so the workload belongs
-to the OS rather than to the agent: the horse only watches the run directory and mirrors what it
-finds into Redis. Files it writes:
-
-- ``started.json``  {"runner_pid", "ffmpeg_pid", "time"} once FFmpeg is running
-- ``progress.json`` the last ``-progress`` block, parsed (replaced atomically)
-- ``stderr.log``    FFmpeg's stderr (capped), ``stderr.tail`` its last lines at exit
-- ``exit.json``     {"returncode", "signal", "time"} when FFmpeg has exited
+It is started detached from the RQ horse (own session), so the workload belongs to the OS
+rather than to the agent: the horse only watches the run directory and mirrors what it finds
+into Redis. FFmpeg dies with its supervisor (parent-death signal), so a dead supervisor means a
+dead FFmpeg, and the next attempt never runs beside an unsupervised one. A run that nobody
+watches for the orphan deadline is killed at once, also right after the whole process tree
+was frozen and resumed (SIGCONT wakes the watchdog).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import signal
@@ -24,23 +21,11 @@ import time
 from collections import deque
 from typing import Any
 
+from ffrtmp.pdeath import die_with
+from ffrtmp.rundir import RunDir, read_json, write_json_atomic
+
 STDERR_CAP_BYTES = 4 * 1024 * 1024
 TAIL_LINES = 40
-
-
-def write_json_atomic(path: str, data: dict[str, Any]) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as fh:
-        json.dump(data, fh, separators=(",", ":"))
-    os.replace(tmp, path)
-
-
-def read_json(path: str) -> dict[str, Any] | None:
-    try:
-        with open(path) as fh:
-            return json.load(fh)
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
 
 
 def _num(value: str | None) -> float | None:
@@ -98,42 +83,27 @@ def _pump_stderr(stream: Any, run_dir: str, tail: deque[str]) -> None:
                 written += len(raw)
 
 
-def owner_path(run_dir: str) -> str:
-    return os.path.join(run_dir, "owner")
-
-
-def touch_owner(run_dir: str) -> None:
-    """Called by whoever watches the run (the horse, or an agent that re-adopted it)."""
-    path = owner_path(run_dir)
-    try:
-        os.utime(path)
-    except FileNotFoundError:
-        with open(path, "w"):
-            pass
-
-
 def _watchdog(
-    proc: subprocess.Popen[bytes], run_dir: str, orphan_after: float, state: dict[str, Any]
+    proc: subprocess.Popen[bytes],
+    rd: RunDir,
+    orphan_after: float,
+    state: dict[str, Any],
+    wake: threading.Event,
 ) -> None:
-    """Stop FFmpeg once no agent has watched this run for ``orphan_after`` seconds. The job's
-    RQ execution outlives that deadline, so the job is only requeued after this run is gone:
-    a run never overlaps its own retry."""
+    """Kill FFmpeg once no agent has watched this run for ``orphan_after`` seconds. The job's
+    RQ execution outlives that deadline, so the job is only requeued after this run is gone;
+    after a freeze (SIGSTOP/SIGCONT, a paused VM) SIGCONT wakes this check at once, so a run
+    whose job was requeued meanwhile stops within milliseconds of waking up. Its output is
+    thrown away, so there is nothing to finalize: SIGKILL."""
     while proc.poll() is None:
-        time.sleep(0.5)
-        try:
-            age = time.time() - os.stat(owner_path(run_dir)).st_mtime
-        except FileNotFoundError:
-            age = 0.0
+        wake.wait(0.5)
+        wake.clear()
+        age = rd.owner_age()
         if age > orphan_after:
             state["orphaned"] = True
-            print(f"no owner for {age:.0f}s: stopping FFmpeg", file=sys.stderr, flush=True)
             with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=3)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
+                proc.kill()
+            print(f"no owner for {age:.0f}s: FFmpeg killed", file=sys.stderr, flush=True)
             return
 
 
@@ -146,6 +116,8 @@ def supervise(
 ) -> int:
     """Run FFmpeg, keep the run directory current, return its exit code. SIGTERM/SIGINT to this
     process are forwarded to FFmpeg (which then finalizes its output)."""
+    rd = RunDir(run_dir)
+    me = os.getpid()
     proc = subprocess.Popen(
         argv,
         stdin=subprocess.DEVNULL,
@@ -153,7 +125,9 @@ def supervise(
         stderr=subprocess.PIPE,
         close_fds=True,
         env=env,
+        preexec_fn=lambda: die_with(me),  # FFmpeg never outlives its supervisor
     )
+    wake = threading.Event()
 
     def forward(signum: int, _frame: Any) -> None:
         with contextlib.suppress(ProcessLookupError):
@@ -161,17 +135,17 @@ def supervise(
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGCONT, lambda _s, _f: wake.set())
     write_json_atomic(
-        os.path.join(run_dir, "started.json"),
-        {"runner_pid": os.getpid(), "ffmpeg_pid": proc.pid, "time": time.time()},
+        rd.file("started.json"), {"runner_pid": me, "ffmpeg_pid": proc.pid, "time": time.time()}
     )
     tail: deque[str] = deque(maxlen=TAIL_LINES)
     t = threading.Thread(target=_pump_stderr, args=(proc.stderr, run_dir, tail), daemon=True)
     t.start()
     state: dict[str, Any] = {"orphaned": False}
     if orphan_after:
-        touch_owner(run_dir)
-        threading.Thread(target=_watchdog, args=(proc, run_dir, orphan_after, state), daemon=True).start()
+        rd.touch_owner()
+        threading.Thread(target=_watchdog, args=(proc, rd, orphan_after, state, wake), daemon=True).start()
     block: dict[str, str] = {}
     progress_path = os.path.join(run_dir, "progress.json")
     assert proc.stdout is not None
@@ -222,13 +196,13 @@ def spawn_detached(
     """Start ``supervise`` in a child that leads its own session, so it outlives the caller's
     process group (the RQ horse's) and, when the caller dies, is reparented to init or the
     nearest subreaper. One fork, not two: the caller reaps the child with ``reap`` (it lives as
-    long as the caller watches it). Returns the supervisor's pid."""
-    os.makedirs(run_dir, exist_ok=True)
+    long as the caller watches it). ``run_dir`` must exist (``RunDir.create``). Returns the
+    supervisor's pid."""
     write_json_atomic(
         os.path.join(run_dir, "cmd.json"),
         {"argv": argv, "orphan_after": orphan_after, "tmp_output": tmp_output},
     )
-    touch_owner(run_dir)
+    RunDir(run_dir).touch_owner()
     pid = os.fork()
     if pid:
         return pid

@@ -7,11 +7,18 @@ import os
 import subprocess
 from typing import Any
 
+from .outcome import DURATION_TOLERANCE_RATIO, DURATION_TOLERANCE_S, duration_ok
 from .pipeline import PROBE_CODEC_NAMES, Plan
 
 
 class VerifyError(Exception):
-    pass
+    reason = "output_invalid"
+
+
+class IncompleteOutput(VerifyError):
+    """The output is valid media but shorter (or longer) than the run should have made."""
+
+    reason = "output_incomplete"
 
 
 def ffprobe_json(path: str, ffprobe: str = "ffprobe", timeout: float = 60) -> dict[str, Any]:
@@ -35,7 +42,9 @@ def media_duration(path: str, ffprobe: str = "ffprobe") -> float | None:
         return None
 
 
-def _check_media(path: str, plan: Plan, ffprobe: str, want_size: tuple[int, int] | None) -> dict[str, Any]:
+def _check_media(
+    path: str, plan: Plan, ffprobe: str, want_size: tuple[int, int] | None, expected_s: float | None
+) -> dict[str, Any]:
     info = ffprobe_json(path, ffprobe)
     video = [s for s in info.get("streams", []) if s.get("codec_type") == "video"]
     if not video:
@@ -53,6 +62,11 @@ def _check_media(path: str, plan: Plan, ffprobe: str, want_size: tuple[int, int]
         duration = None
     if duration is not None and duration <= 0:
         raise VerifyError("output has zero duration")
+    if not duration_ok(duration, expected_s):
+        raise IncompleteOutput(
+            f"{os.path.basename(path)} lasts {duration if duration is not None else 'unknown'}s, expected "
+            f"{expected_s:g}s (tolerance {DURATION_TOLERANCE_S:g}s or {DURATION_TOLERANCE_RATIO:.0%})"
+        )
     return {
         "codec": v.get("codec_name"),
         "width": w,
@@ -81,13 +95,14 @@ def _variants(master_path: str) -> list[str]:
     return out
 
 
-def verify_output(plan: Plan, ffprobe: str = "ffprobe") -> dict[str, Any]:
-    """Check the temporary output before it is renamed into place."""
+def verify_output(plan: Plan, ffprobe: str = "ffprobe", expected_s: float | None = None) -> dict[str, Any]:
+    """Check the temporary output before it is renamed into place: codec, size, and a duration
+    within tolerance of ``expected_s`` (the requested duration or the input's) when known."""
     assert plan.tmp_output is not None
     if plan.kind == "file":
         if not os.path.isfile(plan.tmp_output) or os.path.getsize(plan.tmp_output) == 0:
             raise VerifyError("FFmpeg exited 0 but wrote no output file")
-        result = _check_media(plan.tmp_output, plan, ffprobe, (plan.width, plan.height))
+        result = _check_media(plan.tmp_output, plan, ffprobe, (plan.width, plan.height), expected_s)
         result["size_bytes"] = os.path.getsize(plan.tmp_output)
         return result
     master = os.path.join(plan.tmp_output, "master.m3u8")
@@ -100,7 +115,7 @@ def verify_output(plan: Plan, ffprobe: str = "ffprobe") -> dict[str, Any]:
         variant = os.path.join(plan.tmp_output, rel)
         if not os.path.isfile(variant):
             raise VerifyError(f"variant playlist {rel} is missing")
-        renditions.append({"playlist": rel, **_check_media(variant, plan, ffprobe, None)})
+        renditions.append({"playlist": rel, **_check_media(variant, plan, ffprobe, None, expected_s)})
     size = sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(plan.tmp_output) for f in files)
     return {
         "master": "master.m3u8",

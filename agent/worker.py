@@ -1,63 +1,87 @@
-"""A hardened RQ worker for one agent slot."""
+"""A hardened RQ worker for one agent slot: it claims each job's lease before forking its horse,
+and reports a horse's unexpected death through the lifecycle (fenced, so a worker that handles
+an end twice, or wakes from a freeze after recovery moved the job on, changes nothing)."""
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import logging
 import signal
+import time
 from typing import Any
 
 import redis
 from rq import Worker
-from rq.timeouts import JobTimeoutException
+from rq.utils import now as rq_now
+from rq.worker import WorkerStatus
 
-from ffrtmp.jobs import fresh_meta, recorded_outcome, settle_completed
-from ffrtmp.rqjob import UnsafeJobError
-
-from .task import TerminalJobError, execution_ttl
+from ffrtmp import lifecycle, timing
+from ffrtmp.lifecycle import Lease, Refused
+from ffrtmp.pdeath import set_pdeathsig
+from ffrtmp.rundir import RunDir
 
 log = logging.getLogger("ffrtmp.agent.worker")
-PR_SET_PDEATHSIG = 1
-
-
-def set_pdeathsig(sig: int = signal.SIGKILL) -> None:
-    """Have the kernel send ``sig`` to this process when its parent dies (Linux only)."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
-    except OSError:  # not Linux: nothing to do
-        pass
-
-
-def terminal_failure_handler(job: Any, exc_type: type, exc_value: BaseException, tb: Any) -> bool:
-    """Workload failures are never retried: zero RQ's retries before it decides."""
-    if isinstance(exc_value, TerminalJobError | UnsafeJobError | JobTimeoutException):
-        job.retries_left = 0
-    return True  # let the next handler (RQ's default) run too
 
 
 class FleetWorker(Worker):
     heartbeat_interval: float = 30.0  # the agent's; set by agent.slot
+    node: str = ""
+    work_dir: str = ""
+    _lease: Lease | None = None
 
     def get_heartbeat_ttl(self, job: Any, working_time: float = 0.0) -> int:
         """RQ adds a fixed 60 s to the monitoring interval; ffrtmp derives the execution TTL from
         the agent's heartbeat interval instead, so recovery follows --heartbeat-interval."""
-        return execution_ttl(self.heartbeat_interval)
+        return timing.execution_ttl(self.heartbeat_interval)
+
+    def execute_job(self, job: Any, queue: Any) -> None:
+        """Claim the job's lease, then run it as RQ's forking worker does. A refused claim (the
+        job was canceled meanwhile, or is a duplicate of a running one) runs nothing."""
+        meta = job.meta or {}
+        if self._defer(job, queue, meta):
+            return
+        execution = self.prepare_execution(job)
+        ttl = timing.lease_ttl(float(meta.get("timeout") or 6 * 3600), float(meta.get("cancel_grace") or 30))
+        claimed = lifecycle.claim(self.connection, job.id, execution.id, self.node, self.name, ttl)
+        if claimed is None:
+            with self.connection.pipeline() as pipe:
+                execution.delete(job, pipe)
+                pipe.execute()
+            self.executions.pop(execution.id, None)
+            self.set_state(WorkerStatus.IDLE)
+            return
+        self._lease, job.meta = claimed
+        self.fork_work_horse(job, queue)
+        self.monitor_work_horse(job, queue, execution)
+        self._lease = None
+        self.set_state(WorkerStatus.IDLE)
+
+    def _defer(self, job: Any, queue: Any, meta: dict[str, Any]) -> bool:
+        """A job this node just failed with a platform failure goes preferably elsewhere: for
+        ``timing.RETRY_ELSEWHERE_S`` it is put back at the front of its queue, for another
+        node to take (a fleet of one takes it back after that)."""
+        failed_at = meta.get("last_failed_at")
+        if meta.get("last_failed_node") != self.node or not isinstance(failed_at, int | float):
+            return False
+        if time.time() - failed_at >= timing.RETRY_ELSEWHERE_S:
+            return False
+        queue.push_job_id(job.id, at_front=True)
+        time.sleep(1.0)
+        return True
 
     def maintain_heartbeats(self, job: Any, execution: Any) -> None:
         """A stock worker dies when Redis blips during this heartbeat, and its horse (and job)
         with it. Skip the beat instead: the execution's TTL covers a short outage, and past the
-        orphan deadline the horse stops FFmpeg itself (agent.task), so nothing runs twice."""
+        orphan deadline the horse stops FFmpeg itself, so nothing runs twice."""
         try:
             super().maintain_heartbeats(job, execution)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
-            self.log.warning(
-                "Worker %s: heartbeat skipped, Redis unreachable (%s); job %s keeps running",
-                self.name,
-                exc,
-                job.id,
-            )
+            self.log.warning("Worker %s: heartbeat skipped, Redis unreachable (%s)", self.name, exc)
+
+    def handle_execution_ended(self, job: Any, queue: Any, heartbeat_ttl: int) -> None:
+        """RQ writes a heartbeat here; the lifecycle already closed the execution."""
+
+    def handle_job_success(self, job: Any, queue: Any, started_job_registry: Any, execution: Any) -> None:
+        """Never reached with ffrtmp's job function (it settles through the lifecycle and exits)."""
 
     def handle_job_failure(
         self,
@@ -67,15 +91,38 @@ class FleetWorker(Worker):
         exc_string: str = "",
         execution: Any = None,
     ) -> None:
-        """A horse can die after its attempt recorded an outcome and before it told RQ (killed,
-        out of memory). RQ calls that a failure and retries it; the attempt's own word stands."""
-        meta = fresh_meta(job)
-        if settle_completed(job, meta, self, queue, execution):
-            self.log.warning("Worker %s: job %s had completed before its horse died", self.name, job.id)
+        """The horse died before its attempt settled (killed, out of memory) or the job function
+        raised before it could. Stop what the attempt left running, then report a platform
+        failure under the attempt's lease: refused (and harmless) if it had settled."""
+        lease = self._lease
+        if lease is None:
             return
-        if recorded_outcome(meta) is not None:
-            job.retries_left = 0  # it ended for good (failed, canceled...): never run it again
-        super().handle_job_failure(job, queue, started_job_registry, exc_string, execution)
+        self._stop_run(lease)
+        try:
+            lifecycle.platform_failure(
+                self.connection, lease, "horse_died", exc_string.strip()[-300:] or "died"
+            )
+        except Refused:
+            pass
+        except (redis.RedisError, OSError) as exc:
+            self.log.warning("job %s: could not report its horse's death (%s); recovery will", job.id, exc)
+
+    def _stop_run(self, lease: Lease) -> None:
+        """Kill this attempt's FFmpeg, if it started one, and wait until it is gone."""
+        if not self.work_dir:
+            return
+        for rd in RunDir.all(self.work_dir):
+            if rd.token != lease.token:
+                continue
+            deadline = time.monotonic() + timing.STOP_WAIT_S
+            while rd.ffmpeg_alive() and time.monotonic() < deadline:
+                rd.signal_ffmpeg(signal.SIGKILL)
+                time.sleep(0.05)
+
+    def clean_registries(self) -> None:
+        """The coordinator's recovery loop owns the registries (fenced, per job); a stock
+        cleanup here would requeue abandoned jobs behind its back."""
+        self.last_cleaned_at = rq_now()
 
     def setup_work_horse_signals(self) -> None:
         super().setup_work_horse_signals()

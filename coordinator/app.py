@@ -9,7 +9,6 @@ import os
 import posixpath
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import redis
@@ -18,12 +17,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ffrtmp import __version__
 from ffrtmp.auth import ApiKey, KeyRing, role_allows
-from ffrtmp.jobs import SubmitDefaults, cancel, get_view, list_views, logs_key, retry, submit
+from ffrtmp.jobs import cancel, get_view, list_views, retry, submit
+from ffrtmp.keys import logs_key
 from ffrtmp.model import JobSpec, JobState, SubmissionError, is_url, validate_spec
 from ffrtmp.nodes import drain_key, get_node, list_nodes
 from ffrtmp.queues import ALL_QUEUES, TIERS
 from ffrtmp.redisconn import ping
 
+from .config import CoordinatorConfig
 from .metrics import CoordinatorMetrics
 from .openapi import openapi_spec
 from .recovery import Recovery
@@ -31,19 +32,6 @@ from .recovery import Recovery
 log = logging.getLogger("ffrtmp.coordinator")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MAX_BODY = 64 * 1024
-
-
-@dataclass
-class CoordinatorConfig:
-    redis_url: str
-    keys: KeyRing
-    defaults: SubmitDefaults
-    heartbeat_interval: float = 30.0
-    heartbeat_timeout: float = 90.0
-    scheduler_interval: float = 10.0
-    input_roots: list[str] = field(default_factory=list)
-    output_roots: list[str] = field(default_factory=list)
-    run_recovery: bool = True
 
 
 def error(

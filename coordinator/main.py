@@ -17,7 +17,8 @@ from ffrtmp.jobs import Retention, SubmitDefaults
 from ffrtmp.logs import reopen_on_sighup, setup_logging
 from ffrtmp.redisconn import connect
 
-from .app import CoordinatorConfig, build_app
+from .app import build_app
+from .config import CoordinatorConfig
 
 log = logging.getLogger("ffrtmp.coordinator")
 

@@ -29,13 +29,12 @@ from rq.registry import (
 from rq.utils import utcparse
 
 from ffrtmp import __version__, stats
-from ffrtmp.jobs import SUBMITTED_COUNTER
 from ffrtmp.nodes import list_nodes
 from ffrtmp.queues import ALL_QUEUES, TIERS, split_queue
 from ffrtmp.rqjob import SafeJob, rq_queue
 
 if TYPE_CHECKING:
-    from .app import CoordinatorConfig
+    from .config import CoordinatorConfig
 
 REGISTRIES = {
     "started": StartedJobRegistry,
@@ -103,7 +102,14 @@ class CoordinatorMetrics:
             queues = self.queue_stats()
             nodes = list_nodes(self.conn, self.cfg.heartbeat_timeout)
             with self.conn.pipeline(transaction=False) as pipe:
-                for key in (SUBMITTED_COUNTER, stats.FINISHED, stats.REQUEUES, stats.CANCELS, stats.SLA):
+                for key in (
+                    stats.SUBMITTED,
+                    stats.FINISHED,
+                    stats.REQUEUES,
+                    stats.CANCELS,
+                    stats.SLA,
+                    stats.FENCED,
+                ):
                     pipe.hgetall(key)
                 for name in stats.HISTOGRAMS:
                     for tier in TIERS:
@@ -118,8 +124,8 @@ class CoordinatorMetrics:
         yield g_up
         if not up:
             return
-        submitted, finished, requeues, cancels, sla = raw[:5]
-        hists = raw[5:-1]
+        submitted, finished, requeues, cancels, sla, fenced = raw[:6]
+        hists = raw[6:-1]
         yield from self._queue_metrics(queues)
         yield from self._node_metrics(nodes, raw[-1])
 
@@ -144,6 +150,14 @@ class CoordinatorMetrics:
         )
         for (reason,), v in stats.split_fields(requeues, 1):
             c.add_metric([reason], v)
+        yield c
+        c = CounterMetricFamily(
+            "ffrtmp_fenced_writes",
+            "Job writes refused because the attempt no longer held its lease",
+            labels=["transition"],
+        )
+        for (transition,), v in stats.split_fields(fenced, 1):
+            c.add_metric([transition], v)
         yield c
         c = CounterMetricFamily(
             "ffrtmp_job_cancels", "FFmpeg stops on cancel or timeout, by how they ended", labels=["mode"]

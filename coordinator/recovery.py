@@ -1,8 +1,13 @@
 """The recovery loop: the coordinator, not the workers, notices death.
 
 One coordinator at a time runs it (a leader lease in Redis), so any number can serve the API.
-Each tick runs RQ's registry cleanup per queue under that queue's maintenance lock (the same
-lock RQ workers take, so no abandoned job is ever enqueued twice)."""
+Each tick, per queue and under that queue's maintenance lock (the same lock RQ workers take),
+it gives up on attempts whose RQ execution expired, through ``ffrtmp.lifecycle.abandon``: one
+job at a time, each in its own transaction, so one bad record is logged and skipped and never
+aborts the pass. It also finds jobs lost between a worker's pop and its claim. After a Redis
+outage (its own ticks failed, or Redis restarted) it holds off for a few renewal intervals, so
+workers renew their executions before anything is called dead; what still expired because of
+the outage is requeued with reason ``redis_outage``, not ``node_lost``."""
 
 from __future__ import annotations
 
@@ -10,34 +15,26 @@ import asyncio
 import contextlib
 import logging
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import redis
-from rq import Worker, worker_registration
-from rq.job import JobStatus
-from rq.registry import clean_registries
+from rq import worker_registration
 
-from ffrtmp import stats
-from ffrtmp.jobs import (
-    PENDING,
-    Retention,
-    history_entry,
-    history_key,
-    lease_key,
-    recorded_outcome,
-    settle_completed,
-    utcnow_iso,
-)
+from ffrtmp import keys, lifecycle
+from ffrtmp.lifecycle import Lease
+from ffrtmp.nodes import node_key
 from ffrtmp.queues import ALL_QUEUES
-from ffrtmp.rqjob import SERIALIZER, SafeJob, fetch_job, rq_queue
+from ffrtmp.rqjob import SafeJob, rq_queue
+from ffrtmp.timing import execution_ttl, renewal_interval
 
 if TYPE_CHECKING:
-    from .app import CoordinatorConfig
+    from .config import CoordinatorConfig
 
 log = logging.getLogger("ffrtmp.coordinator.recovery")
-LEADER_KEY = "ffrtmp:recovery:leader"
-LOST_SUSPECTS = "ffrtmp:recovery:lost-suspects"  # job id -> when first seen queued but in no queue
+LEADER_KEY = keys.RECOVERY_LEADER
 LOST_CONFIRM_S = 5.0
+EXPIRED_PER_QUEUE = 500  # bounds one tick's work per queue; the rest waits for the next tick
 
 # Renew only if we still hold it; never steal it.
 _RENEW = """
@@ -54,6 +51,14 @@ return 0
 """
 
 
+@dataclass
+class Outage:
+    """When Redis was last out of reach (or restarted), as this coordinator saw it."""
+
+    since: float
+    until: float
+
+
 class Recovery:
     def __init__(self, conn: redis.Redis, cfg: CoordinatorConfig, node_id: str) -> None:
         self.conn = conn
@@ -62,6 +67,11 @@ class Recovery:
         self.is_leader = False
         self._renew = conn.register_script(_RENEW)
         self._release = conn.register_script(_RELEASE)
+        self.outage: Outage | None = None
+        self._run_id: str | None = None
+        self._last_ok: float | None = None
+        self._failing_since: float | None = None
+        self.errors = 0  # records skipped because handling them raised
 
     def lease_ms(self) -> int:
         return int(max(3 * self.cfg.scheduler_interval, 5) * 1000)
@@ -79,177 +89,157 @@ class Recovery:
             self._release(keys=[LEADER_KEY], args=[self.node_id])
         self.is_leader = False
 
-    def on_abandoned(self, job: Any, *_exc_info: Any) -> bool:
-        """RQ found a job whose attempt stopped heartbeating (node lost, agent or slot killed).
-        RQ decides next whether to requeue it (retries left) or fail it; record which, for the
-        user (history, error), for the operator (metrics, the node's violations), and void the
-        dead attempt's fencing lease."""
-        meta = job.meta or {}
-        node, attempt = meta.get("node"), int(meta.get("attempt", 0))
-        ended = recorded_outcome(meta)  # RQ's cleanup fetched the job just now: meta is fresh
-        if ended is not None:
-            # The attempt had ended and said how (failed, canceled...) before its worker died:
-            # RQ only missed the news. Fail it in RQ as it ended, never retry it, no node_lost.
-            job.retries_left = 0
-            self.conn.delete(lease_key(job.id))
-            log.warning(
-                "job %s: attempt %d had ended (%s) before its worker died; recorded as such",
-                job.id,
-                attempt,
-                ended,
-                extra={"job": job.id, "attempt": attempt, "node": node},
-            )
-            return True
-        tier, prio = meta.get("tier", "default"), meta.get("priority", "medium")
-        retry = bool(job.retries_left and job.retries_left > 0)
-        msg = f"attempt {attempt} on {node} stopped heartbeating (node lost, agent or slot killed)"
-        with self.conn.pipeline() as pipe:
-            if retry:
-                pipe.rpush(
-                    history_key(job.id),
-                    history_entry("running", "retrying", "node_lost", node, attempt),
-                    history_entry("retrying", "queued", "requeued", None, attempt),
+    # --- Redis outages ---------------------------------------------------------------------
+    def _note_redis(self, now: float) -> None:
+        """Notice a Redis restart (its run id changed) as an outage since the last good tick."""
+        run_id = self.conn.info("server").get("run_id")
+        if self._run_id is not None and run_id != self._run_id:
+            self.outage = Outage(self._last_ok or now, now)
+            log.warning("Redis restarted: holding off recovery for %.0fs", self.hold_s())
+        self._run_id = run_id
+
+    def hold_s(self) -> float:
+        """How long after an outage expired executions are left for their workers to renew."""
+        return max(5.0, 3.0 * renewal_interval(self.cfg.heartbeat_interval))
+
+    def reason_for(self, lease: Lease, expired_at: float) -> str:
+        """Why an attempt's execution expired: its last renewal fell within a Redis outage, or
+        its node stopped beating (node_lost), or only its worker did (attempt_lost)."""
+        last_renewal = expired_at - execution_ttl(self.cfg.heartbeat_interval)
+        o = self.outage
+        slack = 2 * renewal_interval(self.cfg.heartbeat_interval)
+        if o is not None and o.since - slack <= last_renewal <= o.until:
+            return "redis_outage"
+        raw = self.conn.zscore(keys.NODES_INDEX, lease.node)
+        if raw is None or time.time() - float(raw) > 3 * self.cfg.heartbeat_interval:
+            return "node_lost"
+        blob = self.conn.get(node_key(lease.node))
+        if blob is not None and b'"stopped":true' in blob:
+            return "node_lost"
+        return "attempt_lost"
+
+    # --- the pass --------------------------------------------------------------------------
+    def abandon_expired(self, q: Any, now: float) -> list[str]:
+        """Give up on this queue's attempts whose execution expired; one job at a time."""
+        done = []
+        key = q.started_job_registry.key
+        for member, score in self.conn.zrangebyscore(
+            key, 0, now, start=0, num=EXPIRED_PER_QUEUE, withscores=True
+        ):
+            entry = member.decode(errors="replace")
+            job_id, _, execution_id = entry.partition(":")
+            try:
+                if not execution_id:
+                    self.conn.zrem(key, member)
+                    continue
+                what = lifecycle.abandon(
+                    self.conn, job_id, execution_id, key, lambda lease, at=score: self.reason_for(lease, at)
                 )
-                pipe.hincrby(stats.REQUEUES, "node_lost", 1)
-                pipe.zadd(PENDING, {job.id: time.time()})
-            else:
-                meta.update(
-                    outcome="failed",
-                    ended_at=utcnow_iso(),
-                    error={
-                        "reason": "node_lost",
-                        "message": msg + "; no attempts left",
-                        "exit_code": None,
-                        "stderr_tail": None,
-                    },
-                )
-                pipe.hset(job.key, "meta", job.serializer.dumps(meta))
-                pipe.rpush(
-                    history_key(job.id), history_entry("running", "failed", "node_lost", node, attempt)
-                )
-                pipe.expire(history_key(job.id), job.failure_ttl or Retention().failed_s)
-                stats.record_finished(pipe, tier, prio, "failed", "node_lost")
-            if node:
-                stats.record_violation(pipe, node, job.id, tier, "platform_failure", f"node_lost: {msg}")
-            pipe.delete(lease_key(job.id))
-            pipe.execute()
-        log.warning(
-            "job %s: %s; %s",
-            job.id,
-            msg,
-            "requeued" if retry else "failed (no attempts left)",
-            extra={"job": job.id, "attempt": attempt, "node": node},
-        )
-        return True
+            except Exception:  # one broken record must not stop the others
+                log.exception("recovery: could not settle expired execution %s; skipped", entry)
+                self.errors += 1
+                continue
+            if what != "stale":
+                log.warning("job %s: its attempt stopped renewing; %s", job_id, what, extra={"job": job_id})
+                done.append(job_id)
+        return done
 
     def sweep_lost(self, now: float | None = None) -> list[str]:
         """Find jobs that are 'queued' but in no queue: popped by a worker that died before it
-        registered them (RQ's multi-queue dequeue is a plain BLPOP). A suspect must still look
-        lost on a later sweep, at least ``LOST_CONFIRM_S`` on, before it is pushed back: a live
-        worker takes a few milliseconds from the pop to STARTED, so none is ever queued twice."""
+        claimed them (RQ's multi-queue dequeue is a plain BLPOP). A suspect must still look lost
+        on a later sweep, at least ``LOST_CONFIRM_S`` on, before it is pushed back: a live
+        worker takes milliseconds from the pop to its claim, so none is ever queued twice."""
         now = now or time.time()
         grace = max(10.0, 2 * self.cfg.heartbeat_interval)
         candidates = [
-            c.decode() for c in self.conn.zrangebyscore(PENDING, "-inf", now - grace, start=0, num=500)
+            c.decode() for c in self.conn.zrangebyscore(keys.PENDING, "-inf", now - grace, start=0, num=500)
         ]
-        if not candidates:
-            return []
-        with self.conn.pipeline(transaction=False) as pipe:
-            for jid in candidates:
-                pipe.hmget(SafeJob.key_for(jid), "status", "origin")
-                pipe.hget(LOST_SUSPECTS, jid)
-            raw = pipe.execute()
-        members: dict[str, set[str]] = {}
         requeued = []
-        for i, jid in enumerate(candidates):
-            (status, origin), suspect_since = raw[2 * i], raw[2 * i + 1]
-            if status != b"queued" or origin is None:  # started, finished, expired...: not pending
-                self.conn.zrem(PENDING, jid)
-                self.conn.hdel(LOST_SUSPECTS, jid)
-                continue
-            qname = origin.decode()
-            if qname not in members:
-                q = rq_queue(qname, self.conn)
-                members[qname] = {x.decode() for x in self.conn.lrange(q.key, 0, -1)}
-            if jid in members[qname]:  # waiting its turn: look again after another grace period
-                self.conn.zadd(PENDING, {jid: now})
-                self.conn.hdel(LOST_SUSPECTS, jid)
-                continue
-            if suspect_since is None:
-                self.conn.hset(LOST_SUSPECTS, jid, now)
-                continue
-            if now - float(suspect_since) < LOST_CONFIRM_S:
-                continue
-            with self.conn.pipeline() as pipe:
-                rq_queue(qname, self.conn).push_job_id(jid, pipeline=pipe, at_front=True)
-                pipe.rpush(history_key(jid), history_entry("queued", "queued", "lost_in_dequeue", None, 0))
-                pipe.hincrby(stats.REQUEUES, "lost_in_dequeue", 1)
-                pipe.zadd(PENDING, {jid: now})
-                pipe.hdel(LOST_SUSPECTS, jid)
-                pipe.execute()
+        for jid in candidates:
+            try:
+                if self._sweep_one(jid, now):
+                    requeued.append(jid)
+            except Exception:
+                log.exception("recovery: could not check pending job %s; skipped", jid)
+                self.errors += 1
+        return requeued
+
+    def _sweep_one(self, jid: str, now: float) -> bool:
+        with self.conn.pipeline(transaction=False) as pipe:
+            pipe.hmget(SafeJob.key_for(jid), "status", "origin")
+            pipe.exists(keys.lease_key(jid))
+            pipe.hget(keys.LOST_SUSPECTS, jid)
+            (status, origin), leased, suspect_since = pipe.execute()
+        if origin is None or status not in (b"queued", b"started"):
+            self.conn.zrem(keys.PENDING, jid)  # finished, expired...: not pending any more
+            self.conn.hdel(keys.LOST_SUSPECTS, jid)
+            return False
+        if leased:  # claimed: if its worker died, its expiring execution says so (abandon)
+            self.conn.zadd(keys.PENDING, {jid: now})
+            self.conn.hdel(keys.LOST_SUSPECTS, jid)
+            return False
+        if self.conn.lpos(rq_queue(origin.decode(), self.conn).key, jid) is not None:
+            self.conn.zadd(keys.PENDING, {jid: now})  # waiting its turn: look again later
+            self.conn.hdel(keys.LOST_SUSPECTS, jid)
+            return False
+        if suspect_since is None:
+            self.conn.hset(keys.LOST_SUSPECTS, jid, now)
+            return False
+        if now - float(suspect_since) < LOST_CONFIRM_S:
+            return False
+        if lifecycle.requeue_lost(self.conn, jid):
             log.warning(
                 "job %s was popped by a worker that died before starting it: requeued",
                 jid,
                 extra={"job": jid},
             )
-            requeued.append(jid)
-        return requeued
+            return True
+        return False
 
-    def settle_completed(self, q: Any) -> list[str]:
-        """Jobs whose attempt completed (its meta says so) but whose worker died before telling
-        RQ: record the success instead of letting RQ's cleanup requeue a finished job."""
-        settled = []
-        for job_id in q.started_job_registry.get_expired_job_ids(time.time()):
-            job = fetch_job(self.conn, job_id)
-            if job is None or job.get_status() != JobStatus.STARTED:
-                continue
-            executions = job.get_executions()
-            execution = executions[0] if executions else None
-            if settle_completed(job, job.meta or {}, self._settler(q), q, execution):
-                self.conn.delete(lease_key(job.id))
-                log.warning(
-                    "job %s had completed before its worker died; success recorded",
-                    job.id,
-                    extra={"job": job.id},
-                )
-                settled.append(job.id)
-        return settled
-
-    def _settler(self, q: Any) -> Worker:
-        """An RQ worker object used only for its bookkeeping methods: never registered, never run."""
-        return Worker(
-            [q],
-            name=f"recovery.{self.node_id}",
-            connection=self.conn,
-            job_class=SafeJob,
-            serializer=SERIALIZER,
-            prepare_for_work=False,
-        )
+    def clean_queue(self, q: Any, now: float) -> None:
+        self.abandon_expired(q, now)
+        for reg in (q.finished_job_registry, q.failed_job_registry, q.deferred_job_registry):
+            try:
+                reg.cleanup()
+            except Exception:
+                log.exception("recovery: cleanup of %s failed", reg.key)
+                self.errors += 1
+        worker_registration.clean_worker_registry(q)
 
     def tick(self) -> int:
         """One recovery pass; returns the number of queues cleaned."""
         if not self.acquire():
             return 0
-        self.sweep_lost()
+        now = time.time()
+        self._note_redis(now)
+        self.sweep_lost(now)
+        held = self.outage is not None and now < self.outage.until + self.hold_s()
         cleaned = 0
         for name in ALL_QUEUES:
+            if held:
+                break
             q = rq_queue(name, self.conn)
             if not q.acquire_maintenance_lock():
                 continue  # a worker is cleaning this queue right now
             try:
-                self.settle_completed(q)
-                clean_registries(q, exception_handlers=[self.on_abandoned])
-                worker_registration.clean_worker_registry(q)
+                self.clean_queue(q, now)
                 cleaned += 1
             finally:
                 q.release_maintenance_lock()
+        self._last_ok = time.time()
         return cleaned
 
     async def loop(self) -> None:
         while True:
             try:
                 await asyncio.to_thread(self.tick)
+                if self._failing_since is not None:
+                    self.outage = Outage(self._failing_since, time.time())
+                    log.warning("Redis is back: holding off recovery for %.0fs", self.hold_s())
+                    self._failing_since = None
             except (redis.RedisError, OSError) as exc:
+                if self._failing_since is None:
+                    self._failing_since = self._last_ok or time.time()
                 log.warning("recovery tick failed: %s", exc)
             except Exception:  # a bug in one tick must not end recovery for good
                 log.exception("recovery tick failed")

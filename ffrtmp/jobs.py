@@ -10,48 +10,22 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import redis
-from rq import Retry
-from rq.job import JobStatus
 
+from . import keys, lifecycle
+from .keys import Retention
 from .model import TERMINAL_STATES, JobSpec, JobState
 from .queues import queue_for
 from .rqjob import TRANSCODE_FUNC, SafeJob, fetch_job, fetch_jobs, rq_queue
 
-JOBS_INDEX = "ffrtmp:jobs"  # zset id -> created unix time
-# zset id -> when it was (re)enqueued; cleared when an attempt starts. RQ workers that listen on
-# several queues dequeue with a plain BLPOP, so a worker killed between the pop and registering
-# the job would lose it; the recovery loop uses this index to find and requeue such jobs.
-PENDING = "ffrtmp:pending"
-SUBMITTED_COUNTER = "ffrtmp:stats:submitted"  # hash "<tier>.<priority>" -> count
+__all__ = ["Retention", "SubmitDefaults", "cancel", "get_view", "list_views", "retry", "submit"]
+
 _ID_ALPHABET = "abcdefghijkmnpqrstuvwxyz23456789"  # no l/1/o/0: readable over the phone
-
-
-def history_key(job_id: str) -> str:
-    return f"ffrtmp:job:{job_id}:history"
-
-
-def cancel_key(job_id: str) -> str:
-    return f"ffrtmp:job:{job_id}:cancel"
-
-
-def lease_key(job_id: str) -> str:
-    """The running attempt's fencing token ("<node>/<slot>/<attempt>")."""
-    return f"ffrtmp:job:{job_id}:lease"
-
-
-def logs_key(job_id: str) -> str:
-    return f"ffrtmp:job:{job_id}:logs"
-
-
-@dataclass(frozen=True)
-class Retention:
-    finished_s: int = 7 * 24 * 3600
-    failed_s: int = 30 * 24 * 3600
+LIST_SCAN_LIMIT = 2000  # index entries one listing request may look at, whatever it finds
 
 
 @dataclass(frozen=True)
@@ -59,15 +33,11 @@ class SubmitDefaults:
     max_attempts: int = 3
     default_timeout_s: float = 6 * 3600
     cancel_grace_s: float = 30.0
-    retention: Retention = Retention()
+    retention: Retention = field(default_factory=Retention)
 
 
 def new_job_id() -> str:
     return "j" + "".join(secrets.choice(_ID_ALPHABET) for _ in range(10))
-
-
-def utcnow_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _iso(dt: datetime | None) -> str | None:
@@ -87,16 +57,9 @@ def effective_timeout(spec: JobSpec, default_s: float) -> float:
     return default_s
 
 
-def history_entry(frm: str | None, to: str, reason: str, node: str | None = None, attempt: int = 0) -> str:
-    return json.dumps(
-        {"time": utcnow_iso(), "from": frm, "to": to, "reason": reason, "node": node, "attempt": attempt},
-        separators=(",", ":"),
-    )
-
-
 def submit(conn: redis.Redis, spec: JobSpec, defaults: SubmitDefaults) -> dict[str, Any]:
-    """Enqueue a validated job in one MULTI: the job, its index entry and its first history
-    line. Returns the job's view (built from what was written: no read-back)."""
+    """Enqueue a validated job in one MULTI: the job and what the lifecycle records beside it
+    (indexes, first history line, counters). Returns the job's view (no read-back)."""
     job_id = new_job_id()
     while conn.exists(SafeJob.key_for(job_id)):  # 50 bits of id space: practically never loops
         job_id = new_job_id()
@@ -105,6 +68,8 @@ def submit(conn: redis.Redis, spec: JobSpec, defaults: SubmitDefaults) -> dict[s
     qname = queue_for(spec.queue, spec.priority, spec.hwaccel)
     payload = spec.model_dump(mode="json", exclude_none=True)
     meta = {
+        "schema": keys.SCHEMA_VERSION,
+        "state": lifecycle.QUEUED,
         "attempt": 0,
         "max_attempts": max_attempts,
         "timeout": timeout,
@@ -114,7 +79,6 @@ def submit(conn: redis.Redis, spec: JobSpec, defaults: SubmitDefaults) -> dict[s
     }
     now = time.time()
     q = rq_queue(qname, conn)
-    first = history_entry(None, "queued", "submitted")
     with conn.pipeline() as pipe:
         job = q.enqueue_call(
             TRANSCODE_FUNC,
@@ -127,45 +91,46 @@ def submit(conn: redis.Redis, spec: JobSpec, defaults: SubmitDefaults) -> dict[s
             result_ttl=defaults.retention.finished_s,
             failure_ttl=defaults.retention.failed_s,
             meta=meta,
-            retry=Retry(max=max_attempts - 1) if max_attempts > 1 else None,
             pipeline=pipe,
         )
-        pipe.zadd(JOBS_INDEX, {job_id: now})
-        pipe.zadd(PENDING, {job_id: now})
-        pipe.rpush(history_key(job_id), first)
-        pipe.hincrby(SUBMITTED_COUNTER, f"{spec.queue}.{spec.priority}", 1)
+        lifecycle.submitted(pipe, job_id, spec.queue, spec.priority, now)
         pipe.execute()
-    return job_view(job, [json.loads(first)])
+    return job_view(job, read_history(conn, job_id))
 
 
-def derive_state(status: str | None, meta: dict[str, Any]) -> JobState:
-    outcome = meta.get("outcome")
-    if status in (JobStatus.QUEUED, JobStatus.DEFERRED):
-        return JobState.queued
-    if status == JobStatus.SCHEDULED:
-        return JobState.retrying if meta.get("attempt", 0) > 0 else JobState.queued
-    if status == JobStatus.STARTED:
-        return JobState.running
-    if status == JobStatus.FINISHED:
-        return JobState.completed
-    if status in (JobStatus.CANCELED, JobStatus.STOPPED):
-        return JobState.canceled
-    if status == JobStatus.FAILED:
-        if outcome in {s.value for s in TERMINAL_STATES}:
-            return JobState(outcome)
-        return JobState.failed
-    return JobState.queued
+def derive_state(job: SafeJob, meta: dict[str, Any]) -> JobState:
+    return JobState(lifecycle.state_of(job, meta))
 
 
 def read_history(conn: redis.Redis, job_id: str) -> list[dict[str, Any]]:
-    return [json.loads(x) for x in conn.lrange(history_key(job_id), 0, -1)]
+    out = []
+    for raw in conn.lrange(keys.history_key(job_id), 0, -1):
+        try:
+            entry = json.loads(raw)
+        except ValueError:
+            continue  # never trust what Redis holds: a broken line is skipped, not a 500
+        if isinstance(entry, dict):
+            out.append(entry)
+    return out
 
 
-def job_view(job: SafeJob, history: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    meta = job.meta or {}
-    spec = job.args[0] if job.args else {}
-    status = job.get_status(refresh=False)
-    state = derive_state(status, meta)
+def _live_progress(raw: bytes | None) -> dict[str, Any] | None:
+    if not raw:
+        return None
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def job_view(
+    job: SafeJob, history: list[dict[str, Any]] | None = None, live_progress: bytes | None = None
+) -> dict[str, Any]:
+    meta = job.meta if isinstance(job.meta, dict) else {}
+    spec = job.args[0] if job.args and isinstance(job.args[0], dict) else {}
+    state = derive_state(job, meta)
+    progress = _live_progress(live_progress) if state == JobState.running else None
     view: dict[str, Any] = {
         "id": job.id,
         "state": state.value,
@@ -178,7 +143,7 @@ def job_view(job: SafeJob, history: list[dict[str, Any]] | None = None) -> dict[
         "slot": meta.get("slot"),
         "attempts": meta.get("attempt", 0),
         "max_attempts": meta.get("max_attempts"),
-        "progress": meta.get("progress"),
+        "progress": progress or meta.get("progress"),
         "error": meta.get("error"),
         "created_at": _iso(job.created_at),
         "started_at": meta.get("started_at") or _iso(job.started_at),
@@ -198,7 +163,11 @@ def get_view(conn: redis.Redis, job_id: str) -> dict[str, Any] | None:
     job = fetch_job(conn, job_id)
     if job is None:
         return None
-    return job_view(job, read_history(conn, job_id))
+    return job_view(job, read_history(conn, job_id), conn.get(keys.progress_key(job_id)))
+
+
+def _page_ids(conn: redis.Redis, index: str, pos: int, count: int) -> list[str]:
+    return [i.decode() if isinstance(i, bytes) else i for i in conn.zrevrange(index, pos, pos + count - 1)]
 
 
 def list_views(
@@ -210,23 +179,27 @@ def list_views(
     cursor: int = 0,
     limit: int = 50,
 ) -> tuple[list[dict[str, Any]], int | None]:
-    """Newest first. Returns (page, next cursor or None). The cursor is an offset in the index."""
+    """Newest first. Returns (page, next cursor or None); the cursor is an offset in the index
+    read (the state's own index when filtering by state). One request looks at no more than
+    ``LIST_SCAN_LIMIT`` entries: a filter that matches little returns a short page and a cursor
+    to go on from, never a scan of every job."""
+    index = keys.state_index(state) if state else keys.JOBS_INDEX
     out: list[dict[str, Any]] = []
     pos = cursor
-    chunk = max(limit * 2, 100)
-    while len(out) < limit:
-        ids = [
-            i.decode() if isinstance(i, bytes) else i
-            for i in conn.zrevrange(JOBS_INDEX, pos, pos + chunk - 1)
-        ]
+    budget = LIST_SCAN_LIMIT
+    chunk = min(max(limit * 2, 100), budget)
+    while len(out) < limit and budget > 0:
+        ids = _page_ids(conn, index, pos, min(chunk, budget))
         if not ids:
             return out, None
+        budget -= len(ids)
         jobs = fetch_jobs(conn, ids)
+        progress = conn.mget([keys.progress_key(i) for i in ids])
         gone = [jid for jid, j in zip(ids, jobs, strict=True) if j is None]
         for i, job in enumerate(jobs):
             if job is None:
                 continue
-            view = job_view(job)
+            view = job_view(job, live_progress=progress[i])
             if state and view["state"] != state:
                 continue
             if queue and view["queue"] != queue and view["rq_queue"] != queue:
@@ -235,114 +208,30 @@ def list_views(
                 continue
             out.append(view)
             if len(out) == limit:
-                nxt = pos + i + 1
-                return out, nxt if conn.zcard(JOBS_INDEX) > nxt else None
+                nxt = pos + i + 1 - sum(1 for g in gone if ids.index(g) < i)
+                if gone:
+                    conn.zrem(index, *gone)
+                return out, nxt if conn.zcard(index) > nxt else None
         if gone:  # expired by their TTL: drop them from our own index
-            conn.zrem(JOBS_INDEX, *gone)
+            conn.zrem(index, *gone)
             pos += len(ids) - len(gone)
         else:
             pos += len(ids)
-    return out, pos
+    return out, pos if conn.zcard(index) > pos else None
 
 
 def cancel(conn: redis.Redis, job_id: str, requested_by: str = "api") -> tuple[str, dict[str, Any] | None]:
-    """Cancel a job. Returns (outcome, view): outcome is 'canceled' (it was queued and is now
-    canceled), 'requested' (it is running; its attempt stops FFmpeg and ends it canceled),
-    'terminal' (already finished: nothing to do) or 'missing'."""
-    job = fetch_job(conn, job_id)
-    if job is None:
-        return "missing", None
-    state = derive_state(job.get_status(), job.meta or {})
-    if state in TERMINAL_STATES:
-        return "terminal", get_view(conn, job_id)
-    # Whoever removes the id from the queue list owns the job: BLPOP and LREM are atomic.
-    removed = conn.lrem(rq_queue(job.origin, conn).key, 0, job_id)
-    if removed:
-        job.meta["outcome"] = "canceled"
-        job.meta["ended_at"] = utcnow_iso()
-        job.save_meta()
-        job.cancel()
-        with conn.pipeline() as pipe:
-            pipe.rpush(
-                history_key(job_id), history_entry(state.value, "canceled", f"canceled by {requested_by}")
-            )
-            pipe.expire(history_key(job_id), job.failure_ttl or Retention().failed_s)
-            pipe.execute()
-        return "canceled", get_view(conn, job_id)
-    # Dequeued already (or about to start): signal the attempt; it stops FFmpeg gracefully.
-    conn.set(cancel_key(job_id), requested_by, ex=7 * 24 * 3600)
-    return "requested", get_view(conn, job_id)
+    """Cancel a job: 'canceled' (it was waiting), 'requested' (it is running; its attempt stops
+    FFmpeg gracefully and ends it canceled), 'terminal' (nothing to do) or 'missing'."""
+    outcome = lifecycle.cancel(conn, job_id, requested_by)
+    return outcome, get_view(conn, job_id) if outcome != "missing" else None
 
 
 RETRYABLE_STATES = frozenset({JobState.failed, JobState.timed_out, JobState.canceled, JobState.rejected})
 
 
 def retry(conn: redis.Redis, job_id: str, requested_by: str = "api") -> tuple[str, dict[str, Any] | None]:
-    """Re-run a failed, timed-out, canceled or rejected job by hand, as its next attempt.
-    Returns (outcome, view): 'queued', 'not_retryable' or 'missing'. Atomic against concurrent
-    retries and cancels (WATCH on the job): a job is never enqueued twice."""
-    from redis.exceptions import WatchError
-    from rq.registry import CanceledJobRegistry, FailedJobRegistry
-
-    while True:
-        job = fetch_job(conn, job_id)
-        if job is None:
-            return "missing", None
-        with conn.pipeline() as pipe:
-            try:
-                pipe.watch(job.key)
-                state = derive_state(job.get_status(), job.meta or {})
-                if state not in RETRYABLE_STATES:
-                    pipe.unwatch()
-                    return "not_retryable", get_view(conn, job_id)
-                meta = job.meta
-                meta.update(outcome=None, error=None, ended_at=None, progress=None, result=None, stop=None)
-                meta["manual_retries"] = int(meta.get("manual_retries", 0)) + 1
-                # a manual run gets the platform retries a fresh submission would
-                job.retries_left = max(0, int(meta.get("max_attempts") or 1) - 1)
-                pipe.multi()
-                FailedJobRegistry(job.origin, connection=conn).remove(job, pipeline=pipe)
-                CanceledJobRegistry(job.origin, connection=conn).remove(job, pipeline=pipe)
-                pipe.delete(cancel_key(job_id))
-                rq_queue(job.origin, conn).enqueue_job(job, pipeline=pipe)
-                pipe.zadd(PENDING, {job_id: time.time()})
-                pipe.rpush(
-                    history_key(job_id),
-                    history_entry(
-                        state.value, "queued", f"retried by {requested_by}", None, int(meta.get("attempt", 0))
-                    ),
-                )
-                pipe.persist(history_key(job_id))
-                pipe.persist(logs_key(job_id))
-                pipe.execute()
-            except WatchError:
-                continue  # the job changed under us (a worker, a cancel, another retry): look again
-        return "queued", get_view(conn, job_id)
-
-
-def fresh_meta(job: Any) -> dict[str, Any]:
-    """The job's meta as Redis has it now (an attempt writes it from another process)."""
-    raw = job.connection.hget(job.key, "meta")
-    return job.serializer.loads(raw) if raw else {}
-
-
-def recorded_outcome(meta: dict[str, Any]) -> str | None:
-    """The outcome the job's current attempt wrote, or None while it has not ended. A worker
-    may die between that write and telling RQ."""
-    outcome = meta.get("outcome")
-    return outcome if outcome in {s.value for s in TERMINAL_STATES} else None
-
-
-def settle_completed(job: Any, meta: dict[str, Any], worker: Any, queue: Any, execution: Any) -> bool:
-    """Record in RQ the success of an attempt whose ``meta`` (fresh) says ``completed`` but whose
-    worker (or horse) died before telling RQ, as that worker would have. RQ would otherwise treat
-    the job as abandoned and requeue it, and a finished job would run again. False when the
-    attempt did not complete (or RQ's execution record is gone: then the caller fails it without
-    a retry, and the job's view still says 'completed' from its meta)."""
-    if execution is None or recorded_outcome(meta) != "completed":
-        return False
-    job.meta = meta
-    if job.ended_at is None:
-        job.ended_at = datetime.now(UTC)
-    worker.handle_job_success(job, queue, queue.started_job_registry, execution)
-    return True
+    """Re-run a failed, timed-out, canceled or rejected job by hand: 'queued', 'not_retryable'
+    or 'missing'. Atomic against concurrent retries and cancels: never enqueued twice."""
+    outcome = lifecycle.retry(conn, job_id, requested_by)
+    return outcome, get_view(conn, job_id) if outcome != "missing" else None

@@ -8,24 +8,12 @@ from typing import Any
 
 import redis
 
-NODES_INDEX = "ffrtmp:nodes"  # zset name -> last heartbeat (unix time)
-NODE_TTL_S = 7 * 24 * 3600
+from .keys import BOOTS_TTL_S, NODE_TTL_S, NODES_INDEX, boots_key, drain_key, node_key
 
-
-def node_key(name: str) -> str:
-    return f"ffrtmp:node:{name}"
-
-
-def boots_key(name: str) -> str:
-    return f"ffrtmp:node:{name}:boots"  # zset boot id -> when that agent process first beat
-
+__all__ = ["drain_key", "get_node", "list_nodes", "node_state", "write_heartbeat"]
 
 FLAP_WINDOW_S = 30 * 60
 FLAP_STARTS = 3  # starts within the window that make a node "flapping"
-
-
-def drain_key(name: str) -> str:
-    return f"ffrtmp:node:{name}:drain"
 
 
 def write_heartbeat(conn: redis.Redis, record: dict[str, Any]) -> None:
@@ -37,8 +25,8 @@ def write_heartbeat(conn: redis.Redis, record: dict[str, Any]) -> None:
         pipe.zadd(NODES_INDEX, {name: now})
         if record.get("boot_id"):  # each agent process start is remembered for a day
             pipe.zadd(boots_key(name), {record["boot_id"]: now}, nx=True)
-            pipe.zremrangebyscore(boots_key(name), "-inf", now - 24 * 3600)
-            pipe.expire(boots_key(name), 24 * 3600)
+            pipe.zremrangebyscore(boots_key(name), "-inf", now - BOOTS_TTL_S)
+            pipe.expire(boots_key(name), BOOTS_TTL_S)
         pipe.execute()
 
 

@@ -12,6 +12,7 @@ from tenacity import (
     retry,
     retry_if_exception,
     stop_after_attempt,
+    stop_after_delay,
     wait_exponential,
 )
 
@@ -59,6 +60,18 @@ def transport_retry(
         retry=retry_if_exception(is_transient),
         wait=wait_exponential(multiplier=initial, exp_base=2, max=cap),
         stop=stop_after_attempt(retries + 1),
+        before_sleep=_log_retry,
+        reraise=True,
+    )
+
+
+def until_redis_answers(within_s: float, cap: float = 5.0) -> Callable[[Callable[..., T]], Callable[..., T]]:
+    """Retry a write that must not be lost (an attempt's outcome) through a Redis outage, for
+    up to ``within_s`` seconds, backing off to ``cap`` between tries."""
+    return retry(
+        retry=retry_if_exception(is_transient_redis_error),
+        wait=wait_exponential(multiplier=0.5, exp_base=2, max=cap),
+        stop=stop_after_delay(within_s),
         before_sleep=_log_retry,
         reraise=True,
     )

@@ -15,10 +15,19 @@ from typing import Any
 import redis
 from redis.client import Pipeline
 
-FINISHED = "ffrtmp:stats:finished"  # "<tier>|<priority>|<outcome>|<reason>" -> count
-REQUEUES = "ffrtmp:stats:requeues"  # reason -> count
-CANCELS = "ffrtmp:stats:cancels"  # graceful|forced -> count
-SLA = "ffrtmp:stats:sla"  # "<tier>|<kind>" -> count
+from .keys import (
+    CANCELS,
+    FENCED,
+    FINISHED,
+    REQUEUES,
+    SLA,
+    SUBMITTED,
+    hist_key,
+    node_stats_key,
+    violations_key,
+)
+
+__all__ = ["CANCELS", "FENCED", "FINISHED", "REQUEUES", "SLA", "SUBMITTED", "hist_key", "node_stats_key"]
 
 HISTOGRAMS: dict[str, tuple[float, ...]] = {
     "queue_wait": (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600),
@@ -28,18 +37,6 @@ HISTOGRAMS: dict[str, tuple[float, ...]] = {
 # Service level per tier: how long a job may wait in its queue (DESIGN: live work first).
 SLA_WAIT_S = {"live": 5.0, "default": 60.0, "batch": 3600.0}
 VIOLATIONS_KEPT = 50
-
-
-def hist_key(name: str, tier: str) -> str:
-    return f"ffrtmp:stats:hist:{name}:{tier}"
-
-
-def node_stats_key(node: str) -> str:
-    return f"ffrtmp:stats:node:{node}"
-
-
-def violations_key(node: str) -> str:
-    return f"ffrtmp:node:{node}:violations"
 
 
 def _le(bound: float) -> str:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .auth import new_key
+from .rundir import RunDir
 
 INSTALL_HINT = {
     "redis-server": "sudo apt-get install redis-server",
@@ -84,7 +85,7 @@ def free_port() -> int:
 
 def _pdeathsig() -> None:
     """In each child: die with `ffrtmp up`, even if it is SIGKILLed."""
-    from agent.worker import set_pdeathsig  # local: keeps CLI start-up light
+    from .pdeath import set_pdeathsig  # local: keeps CLI start-up light
 
     set_pdeathsig(signal.SIGTERM)
 
@@ -292,27 +293,12 @@ class Fleet:
     def _stop_orphan_runs(self, grace: float = 10) -> None:
         """Workloads outlive an agent by design (so a restarted agent can re-adopt them). When the
         whole local fleet stops, nothing is left to adopt them: stop what the drain left running."""
-        pids = []
-        for started in (self.state_dir / "agent" / "runs").glob("*/*/started.json"):
-            if (started.parent / "exit.json").exists():
-                continue
-            with contextlib.suppress(OSError, ValueError, KeyError):
-                pids.append(int(json.loads(started.read_text())["ffmpeg_pid"]))
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
+        runs = RunDir.live(str(self.state_dir / "agent"))
+        for rd in runs:
+            rd.signal_ffmpeg(signal.SIGTERM)
         deadline = time.monotonic() + grace
-        while pids and time.monotonic() < deadline:
-            pids = [p for p in pids if _alive(p)]
+        while runs and time.monotonic() < deadline:
+            runs = [rd for rd in runs if rd.ffmpeg_alive()]
             time.sleep(0.1)
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+        for rd in runs:
+            rd.signal_ffmpeg(signal.SIGKILL)

@@ -56,7 +56,7 @@ class Cluster:
     def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
         return spawn_logged(self.tmp / f"{name}.log", argv, env)
 
-    def start_agent(self, name: str, slots: int = 1) -> None:
+    def start_agent(self, name: str, slots: int = 1, *extra: str, wait: bool = True) -> subprocess.Popen:
         port = free_port()
         argv = agent_argv(
             self.redis_url,
@@ -75,10 +75,13 @@ class Cluster:
             str(self.outputs),
             "--drain-timeout",
             "30s",
+            *extra,
         )
         proc = self._spawn(name, argv)
         self.agents[name] = (proc, port)
-        wait_agent_ready(port, proc, self.tmp / f"{name}.log")
+        if wait:
+            wait_agent_ready(port, proc, self.tmp / f"{name}.log")
+        return proc
 
     def kill_agent(self, name: str) -> None:
         proc, _ = self.agents.pop(name)
@@ -157,7 +160,8 @@ def test_a_sigkilled_agents_job_runs_again_elsewhere_never_twice_at_once(cluster
         ("queued", "running", "started"),
         ("running", "completed", "ffmpeg_exit_0"),
     ], steps
-    a1_run = json.loads((cluster.tmp / "work-a1" / "runs" / job_id / "1" / "exit.json").read_text())
+    (a1_exit,) = (cluster.tmp / "work-a1" / "runs" / job_id).glob("1-*/exit.json")
+    a1_run = json.loads(a1_exit.read_text())
     assert a1_run["orphaned"] is True
     assert (cluster.outputs / "lost.ts").is_file()
     assert not list(cluster.outputs.glob(".lost.*"))  # the orphan's temp file was not published
@@ -258,7 +262,7 @@ def test_timeout_ends_timed_out_without_retry_and_leaves_no_ffmpeg(cluster, conn
 
 
 def test_an_attempt_whose_lease_is_voided_stops_and_writes_nothing(cluster, conn):
-    from ffrtmp.jobs import lease_key
+    from ffrtmp.keys import lease_key
 
     cluster.start_agent("f1")
     spec = validate_spec({"scenario": "live-4k", "duration": 8, "resolution": "64x64", "output": "fenced.ts"})

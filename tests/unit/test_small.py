@@ -77,7 +77,7 @@ def test_nvidia_smi_rows_parse():
 
 @pytest.mark.parametrize("hb", [0.5, 1, 2, 5, 10, 30, 60, 120])
 def test_recovery_timings_never_overlap_a_run_with_its_retry(hb):
-    from agent.task import execution_ttl, orphan_deadline, renewal_interval
+    from ffrtmp.timing import execution_ttl, orphan_deadline, renewal_interval
 
     deadline, renew, ttl = orphan_deadline(hb), renewal_interval(hb), execution_ttl(hb)
     # the execution can be a whole renewal old when the horse dies; the orphan stops 3 s after its deadline

@@ -1,0 +1,410 @@
+"""One attempt of a job: started by a horse (``run``), or taken over from a horse that died by
+a restarted agent (``resume``). It starts the run supervisor, watches the run directory, and
+reports every change through ``ffrtmp.lifecycle`` under its lease; it writes no job key itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass
+from datetime import UTC
+from typing import Any
+
+import redis
+from pydantic import ValidationError
+from rq.executions import Execution
+
+from ffrtmp import keys, lifecycle, timing
+from ffrtmp.lifecycle import Ending, Lease, Refused
+from ffrtmp.model import JobSpec, is_url
+from ffrtmp.redisconn import transport_retry, until_redis_answers
+from ffrtmp.rundir import RunDir
+
+from . import disk
+from .limits import apply_limits, systemd_run_path
+from .outcome import Verdict, classify_exit, input_signature
+from .pipeline import AgentContext, Plan, PlanError, build_plan
+from .runner import reap, remove_path, spawn_detached, with_percent
+from .verify import VerifyError, media_duration, verify_output
+
+log = logging.getLogger("ffrtmp.agent.attempt")
+
+
+class Fenced(Exception):
+    """This attempt no longer holds its job's lease: it must not write anything."""
+
+
+class RedisLost(Exception):
+    """Redis stayed out of reach past the orphan deadline: FFmpeg was stopped."""
+
+
+@dataclass
+class WatchState:
+    """What the watch loop tracks between two looks at the run directory."""
+
+    t0: float
+    stop_reason: str | None = None
+    kill_at: float = 0.0
+    forced: bool = False
+    progress_mtime: float = 0.0
+    last_save: float = 0.0
+    last_lease_poll: float = 0.0
+    last_touch: float = 0.0
+    last_renewal: float = 0.0
+    started_seen: bool = False
+    redis_lost_at: float | None = None
+
+
+def remove_stale_parts(plan: Plan, job_id: str) -> None:
+    """Temporary outputs of this job's earlier attempts are dead by construction (a run is
+    killed before its job is requeued): remove them so none is ever left behind."""
+    if not plan.tmp_output:
+        return
+    d = os.path.dirname(plan.tmp_output)
+    mine = os.path.basename(plan.tmp_output)
+    with contextlib.suppress(OSError):
+        for name in os.listdir(d):
+            if name != mine and f".{job_id}-a" in name and ".part" in name:
+                remove_path(os.path.join(d, name))
+
+
+def publish(final: str, tmp: str) -> None:
+    """Move a verified output into place. Files are replaced atomically; an HLS directory that
+    already exists is moved aside first and removed after the swap."""
+    if os.path.isdir(tmp):
+        old = None
+        if os.path.exists(final):
+            old = f"{final}.old-{os.getpid()}-{int(time.time())}"
+            os.rename(final, old)
+        os.rename(tmp, final)
+        if old:
+            remove_path(old)
+    else:
+        os.replace(tmp, final)
+
+
+class Attempt:
+    def __init__(self, job: Any, lease: Lease, spec_dict: dict[str, Any], ctx: AgentContext) -> None:
+        self.job = job
+        self.conn: redis.Redis = job.connection
+        self.lease = lease
+        self.spec_dict = spec_dict
+        self.ctx = ctx
+        meta = job.meta or {}
+        self.timeout = float(meta.get("timeout") or 6 * 3600)
+        self.grace = float(meta.get("cancel_grace") or 30)
+        self.tier = spec_dict.get("queue", "default")
+        self.t_start = time.time()
+        self.rd: RunDir | None = None
+        self.runner_pid = 0
+        self.adopted = False
+        self.input_sig: tuple[int, int, int] | None = None
+        self.input_bytes = 0
+        self.expected_s: float | None = None
+        self.log = logging.LoggerAdapter(log, {"job": job.id, "attempt": lease.attempt, "node": lease.node})
+
+    # --- reporting ------------------------------------------------------------------------
+    def _report(self, fn: Any, *args: Any) -> Any:
+        """A lifecycle write that must not be lost: retried until Redis answers again (within
+        the lease's lifetime). ``Refused`` means fenced."""
+        within = timing.lease_ttl(self.timeout, self.grace)
+        try:
+            return until_redis_answers(within)(fn)(self.conn, self.lease, *args)
+        except Refused as exc:
+            raise Fenced(str(exc)) from None
+
+    def _end(self, end: Ending) -> None:
+        end.run_s = time.time() - self.t_start
+        end.bytes_in = self.input_bytes
+        self._save_logs()
+        self._report(lifecycle.finish, end)
+        self.log.info(
+            "attempt ended: %s (%s)",
+            end.outcome,
+            end.reason,
+            extra={"outcome": end.outcome, "reason": end.reason, "run_s": round(end.run_s, 3)},
+        )
+
+    def _platform(self, reason: str, message: str) -> None:
+        self._save_logs()
+        self._report(lifecycle.platform_failure, reason, message)
+
+    def _save_logs(self) -> None:
+        if self.rd is None:
+            return
+        text = self.rd.stderr_log(timing.LOG_TAIL_BYTES)
+        with contextlib.suppress(redis.RedisError, OSError):
+            transport_retry()(self.conn.hset)(keys.logs_key(self.job.id), str(self.lease.attempt), text)
+
+    # --- the run --------------------------------------------------------------------------
+    def run(self) -> None:
+        try:
+            spec = JobSpec.model_validate(self.spec_dict)
+        except ValidationError as exc:
+            self._end(Ending("rejected", "invalid_spec", str(exc).splitlines()[0]))
+            return
+        try:
+            plan = build_plan(spec, self.job.id, self.lease.attempt, self.ctx)
+            plan.argv = apply_limits(
+                plan.argv,
+                self.job.id,
+                self.lease.attempt,
+                spec.max_cpu_percent,
+                spec.max_memory_mb,
+                systemd_run_path(),
+            )
+        except PlanError as exc:
+            if exc.platform:
+                self._platform(exc.reason, exc.message)
+            else:
+                outcome = "failed" if exc.reason == "input_not_found" else "rejected"
+                self._end(Ending(outcome, exc.reason, exc.message))
+            return
+        self.rd = RunDir.create(
+            self.ctx.work_dir, self.job.id, self.lease.attempt, self.lease.execution, self.lease.token
+        )
+        if self._start(plan):
+            self._end(Ending("canceled", "canceled", "canceled before FFmpeg started"))
+            return
+        remove_stale_parts(plan, self.job.id)
+        self._note_input(spec, plan)
+        self.runner_pid = spawn_detached(
+            self.rd.path,
+            plan.argv,
+            orphan_after=timing.orphan_deadline(self.ctx.heartbeat_interval),
+            tmp_output=plan.tmp_output,
+        )
+        self._set_expected(spec, plan)
+        self._conclude(plan)
+
+    def resume(self, rd: RunDir) -> None:
+        """Watch a run a dead horse started, to its end, as that horse would have."""
+        spec = JobSpec.model_validate(self.spec_dict)
+        plan = build_plan(spec, self.job.id, self.lease.attempt, self.ctx)  # the same paths as then
+        st = rd.started() or {}
+        self.rd, self.adopted = rd, True
+        self.runner_pid = int(st.get("runner_pid") or 0)
+        self.t_start = float(st.get("time") or time.time())
+        self._note_input(spec, plan)
+        self._set_expected(spec, plan)
+        self.log.info("attempt adopted after an agent restart")
+        self._conclude(plan)
+
+    def _start(self, plan: Plan) -> bool:
+        enqueued = self.job.enqueued_at
+        wait = max(0.0, self.t_start - enqueued.replace(tzinfo=UTC).timestamp()) if enqueued else 0.0
+        fields = {
+            "run_dir": self.rd.path if self.rd else None,
+            "output": plan.final_output,
+            "encoder": plan.encoder,
+        }
+        canceled = self._report(lifecycle.started, fields, self.tier, wait)
+        self.log.info("attempt started", extra={"queue_wait_s": round(wait, 3), "encoder": plan.encoder})
+        return bool(canceled)
+
+    def _note_input(self, spec: JobSpec, plan: Plan) -> None:
+        if spec.input and not is_url(spec.input):
+            with contextlib.suppress(OSError):
+                st = os.stat(plan.input_desc)
+                self.input_sig, self.input_bytes = input_signature(st), int(st.st_size)
+
+    def _set_expected(self, spec: JobSpec, plan: Plan) -> None:
+        """The duration the output must have: the requested one, capped by the input's."""
+        probed = None
+        if spec.input and not is_url(spec.input):
+            probed = media_duration(plan.input_desc, self.ctx.ffprobe)  # after FFmpeg started
+        wanted = [d for d in (plan.duration, probed) if d]
+        self.expected_s = min(wanted) if wanted else None
+        if plan.duration is None:
+            plan.duration = probed  # for percent and ETA
+
+    # --- watching -------------------------------------------------------------------------
+    def _runner_gone(self) -> bool:
+        if not self.adopted:
+            return reap(self.runner_pid)  # our child: reap it
+        return self.rd is None or not self.rd.runner_alive()
+
+    def _kill_run(self) -> None:
+        """SIGKILL FFmpeg and wait (bounded) until it is gone."""
+        assert self.rd is not None
+        deadline = time.monotonic() + timing.STOP_WAIT_S
+        while self.rd.ffmpeg_alive() and time.monotonic() < deadline:
+            self.rd.signal_ffmpeg(signal.SIGKILL)
+            time.sleep(0.05)
+
+    def _poll_lease(self, ws: WatchState) -> bool:
+        """Is a cancel pending? Raises ``Fenced`` when the lease moved, ``RedisLost`` when Redis
+        stayed away past the orphan deadline (another attempt may then run after recovery)."""
+        try:
+            held, canceled = lifecycle.holds(self.conn, self.lease)
+        except (redis.RedisError, OSError):
+            ws.redis_lost_at = ws.redis_lost_at or time.monotonic()
+            if time.monotonic() - ws.redis_lost_at > timing.orphan_deadline(self.ctx.heartbeat_interval):
+                raise RedisLost("Redis unreachable past the orphan deadline") from None
+            return False
+        ws.redis_lost_at = None
+        if not held:
+            raise Fenced(f"the lease of attempt {self.lease.attempt} is gone")
+        return canceled
+
+    def _renew_execution(self) -> None:
+        """What the dead worker did for an adopted run: keep its RQ execution alive."""
+        ttl = timing.execution_ttl(self.ctx.heartbeat_interval)
+        ex = Execution(self.lease.execution, self.job.id, connection=self.conn)
+        with contextlib.suppress(redis.RedisError, OSError), self.conn.pipeline() as pipe:
+            ex.heartbeat(self.job.started_job_registry, ttl, pipeline=pipe)
+            pipe.execute()
+
+    def _mirror_progress(self, ws: WatchState, plan: Plan, now: float) -> None:
+        assert self.rd is not None
+        mtime = self.rd.progress_mtime()
+        if mtime == ws.progress_mtime or now - ws.last_save < timing.PROGRESS_SAVE_S:
+            return
+        prog = self.rd.progress()
+        if prog is None:
+            return
+        try:
+            if not lifecycle.progress(self.conn, self.lease, with_percent(prog, plan.duration)):
+                raise Fenced("progress refused: the lease moved")
+        except (redis.RedisError, OSError):
+            return  # a blip: next time
+        ws.progress_mtime, ws.last_save = mtime, now
+
+    def _step(self, ws: WatchState, plan: Plan) -> None:
+        """One look at the run: ownership, progress, lease, cancel and timeout."""
+        assert self.rd is not None
+        now_wall, now = time.time(), time.monotonic()
+        if now_wall - ws.last_touch >= 1.0:
+            self.rd.touch_owner()
+            ws.last_touch = now_wall
+        if self.adopted and now_wall - ws.last_renewal >= timing.renewal_interval(
+            self.ctx.heartbeat_interval
+        ):
+            ws.last_renewal = now_wall
+            self._renew_execution()
+        if not ws.started_seen:
+            ws.started_seen = self.rd.started() is not None
+            if not ws.started_seen and now - ws.t0 > timing.START_DEADLINE_S:
+                raise _Platform("runner_not_started", "the run supervisor did not start FFmpeg")
+        self._mirror_progress(ws, plan, now)
+        if now - ws.last_lease_poll >= timing.LEASE_POLL_S:
+            ws.last_lease_poll = now
+            canceled = self._poll_lease(ws)
+            if ws.stop_reason is None and (canceled or now - ws.t0 > self.timeout):
+                ws.stop_reason = "canceled" if canceled else "timed_out"
+                self.log.info("%s: sending SIGTERM to FFmpeg", ws.stop_reason)
+                self.rd.signal_ffmpeg(signal.SIGTERM)
+                ws.kill_at = now + self.grace
+        if ws.stop_reason and not ws.forced and now >= ws.kill_at:
+            self.log.warning("FFmpeg outlived the %ss grace, sending SIGKILL", self.grace)
+            self.rd.signal_ffmpeg(signal.SIGKILL)
+            ws.forced = True
+
+    def _watch(self, plan: Plan) -> tuple[dict[str, Any], WatchState]:
+        assert self.rd is not None
+        ws = WatchState(t0=time.monotonic() - max(0.0, time.time() - self.t_start))
+        while True:
+            exit_info = self.rd.exit()
+            if exit_info is not None:
+                break
+            if self._runner_gone():
+                exit_info = self.rd.exit()  # it may have written the file just before exiting
+                if exit_info is not None:
+                    break
+                self._kill_run()  # FFmpeg dies with its supervisor; make sure before a retry
+                raise _Platform("runner_died", "the run supervisor died without an exit status")
+            self._step(ws, plan)
+            time.sleep(timing.POLL_S)
+        deadline = time.monotonic() + timing.STOP_WAIT_S
+        while not self._runner_gone() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return exit_info, ws
+
+    # --- the end --------------------------------------------------------------------------
+    def _conclude(self, plan: Plan) -> None:
+        try:
+            exit_info, ws = self._watch(plan)
+        except Fenced as exc:
+            self.log.warning("attempt fenced (%s): FFmpeg killed, nothing reported", exc)
+            self._kill_run()
+            self._discard(plan)
+            raise
+        except RedisLost as exc:
+            self._kill_run()
+            self._discard(plan)
+            self._platform("redis_outage", str(exc))
+            return
+        except _Platform as exc:
+            self._discard(plan)
+            self._platform(exc.reason, exc.message)
+            return
+        assert self.rd is not None
+        tail = self.rd.stderr_tail(4096)
+        rc = exit_info.get("returncode") if isinstance(exit_info.get("returncode"), int) else None
+        verdict = classify_exit(exit_info, ws.stop_reason, tail, self.grace)
+        if verdict is None:
+            verdict = self._check_output(plan)
+        progress = self.rd.progress()
+        if verdict.reason == "output_disk_full" and plan.tmp_output:
+            disk.mark_full(self.ctx.work_dir, plan.final_output, disk.used_bytes(plan.tmp_output))
+        if verdict.outcome != "completed":
+            self._discard(plan)
+        if verdict.platform:
+            self._platform(verdict.reason, verdict.message)
+            return
+        stop = None
+        if ws.stop_reason:
+            stop = "forced (SIGKILL after grace)" if ws.forced else "graceful (SIGTERM)"
+        end = Ending(
+            verdict.outcome,
+            verdict.reason,
+            verdict.message + (f"; stop was {stop}" if stop else ""),
+            exit_code=rc,
+            stderr_tail=tail if verdict.outcome != "completed" else None,
+            result=self.result if verdict.outcome == "completed" else None,
+            progress=with_percent(progress, plan.duration) if progress else None,
+            stop=stop,
+        )
+        self._end(end)
+
+    def _discard(self, plan: Plan) -> None:
+        if plan.tmp_output:
+            remove_path(plan.tmp_output)
+
+    def _input_changed(self, plan: Plan) -> bool:
+        if self.input_sig is None:
+            return False
+        try:
+            return input_signature(os.stat(plan.input_desc)) != self.input_sig
+        except OSError:
+            return True
+
+    def _check_output(self, plan: Plan) -> Verdict:
+        """FFmpeg exited 0: the output decides. Verified, still ours, then published."""
+        self.result: dict[str, Any] = {"output": plan.final_output, "encoder": plan.encoder}
+        if self._input_changed(plan):
+            return Verdict("failed", "input_changed", "the input file changed while it was being read")
+        if plan.tmp_output is None:
+            return Verdict("completed", "ffmpeg_exit_0", "completed")
+        try:
+            self.result.update(verify_output(plan, self.ctx.ffprobe, self.expected_s))
+        except VerifyError as exc:
+            return Verdict("failed", exc.reason, str(exc))
+        within = timing.lease_ttl(self.timeout, self.grace)  # through a Redis outage: ask again
+        held, _ = until_redis_answers(within)(lifecycle.holds)(self.conn, self.lease)
+        # a fenced attempt never publishes
+        if not held:
+            self._discard(plan)
+            raise Fenced("lease gone before publishing")
+        publish(plan.final_output, plan.tmp_output)
+        return Verdict("completed", "ffmpeg_exit_0", "completed")
+
+
+class _Platform(Exception):
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(f"{reason}: {message}")
+        self.reason, self.message = reason, message

@@ -1,0 +1,86 @@
+"""How an attempt ended, decided from what its run directory says (a pure function, so every
+branch is unit-tested). Platform failures are retried (elsewhere, preferably); workload
+failures end the job with FFmpeg's exit code and stderr tail."""
+
+from __future__ import annotations
+
+import signal
+from dataclasses import dataclass
+from typing import Any
+
+ENOSPC_MARKERS = ("No space left on device", "ENOSPC")
+# Output durations within this much of the expected one count as complete.
+DURATION_TOLERANCE_S = 1.0
+DURATION_TOLERANCE_RATIO = 0.02
+
+
+@dataclass(frozen=True)
+class Verdict:
+    outcome: str  # completed | failed | canceled | timed_out | rejected | retry
+    reason: str
+    message: str
+
+    @property
+    def platform(self) -> bool:
+        return self.outcome == "retry"
+
+
+def signal_name(num: int) -> str:
+    try:
+        return signal.Signals(num).name
+    except ValueError:
+        return f"signal {num}"
+
+
+def _last_line(tail: str) -> str:
+    lines = [ln for ln in tail.splitlines() if ln.strip()]
+    return lines[-1] if lines else ""
+
+
+def classify_exit(
+    exit_info: dict[str, Any], stop_reason: str | None, tail: str, grace_s: float
+) -> Verdict | None:
+    """The verdict for a run that ended, or None when FFmpeg exited 0 of its own accord (then
+    the output decides). ``stop_reason`` is set when this attempt stopped FFmpeg itself."""
+    rc = exit_info.get("returncode", 1)
+    rc = rc if isinstance(rc, int) else 1
+    sig = exit_info.get("signal")
+    if stop_reason:
+        msg = (
+            "canceled by request"
+            if stop_reason == "canceled"
+            else f"ran past its timeout (grace {grace_s:g}s)"
+        )
+        return Verdict(stop_reason, stop_reason, msg)
+    if exit_info.get("runner_error"):
+        return Verdict("retry", "ffmpeg_not_started", str(exit_info["runner_error"]))
+    if exit_info.get("orphaned"):
+        # the run was killed because this attempt stopped watching it (a stall or freeze past
+        # the orphan deadline): a platform failure, never the workload's fault
+        return Verdict("retry", "lost_ownership", "the run was killed: its watcher stalled too long")
+    if any(m in tail for m in ENOSPC_MARKERS):
+        return Verdict("retry", "output_disk_full", f"the output disk is full: {_last_line(tail)}")
+    if isinstance(sig, int) and sig > 0:
+        # nobody in ffrtmp sent it (our own stops set stop_reason): the OOM killer, a crash
+        return Verdict("retry", "ffmpeg_killed", f"FFmpeg was killed by {signal_name(sig)}")
+    if rc != 0:
+        last = _last_line(tail)
+        return Verdict(
+            "failed", "ffmpeg_error", f"FFmpeg exited with code {rc}" + (f": {last}" if last else "")
+        )
+    return None
+
+
+def duration_ok(got: float | None, expected: float | None) -> bool:
+    """Is an output of ``got`` seconds complete for an expected ``expected`` seconds?"""
+    if expected is None or expected <= 0:
+        return got is None or got > 0
+    if got is None:
+        return False
+    tolerance = max(DURATION_TOLERANCE_S, DURATION_TOLERANCE_RATIO * expected)
+    return abs(got - expected) <= tolerance
+
+
+def input_signature(st: Any) -> tuple[int, int, int]:
+    """What identifies an input file's content cheaply: size, mtime (ns), inode."""
+    return (int(st.st_size), int(st.st_mtime_ns), int(st.st_ino))

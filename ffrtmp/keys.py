@@ -1,0 +1,119 @@
+"""The Redis key schema: every key ffrtmp writes (besides RQ's own), and how long it lives.
+
+One module names them all, so a reader can see the whole state in one place and no two
+modules spell a key differently. RQ's keys (``rq:job:<id>``, queues, registries, executions)
+are RQ's: ffrtmp reaches them only through RQ's objects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PREFIX = "ffrtmp"
+SCHEMA_VERSION = 2  # bumped when a record's shape changes; readers accept older versions
+
+
+@dataclass(frozen=True)
+class Retention:
+    """How long finished jobs (and what belongs to them) are kept."""
+
+    finished_s: int = 7 * 24 * 3600
+    failed_s: int = 30 * 24 * 3600
+
+
+# --- jobs ---------------------------------------------------------------------------------
+JOBS_INDEX = f"{PREFIX}:jobs"  # zset id -> created unix time (newest-first listing)
+# zset id -> when it was (re)enqueued; left when the attempt reports started. RQ workers that
+# listen on several queues dequeue with a plain BLPOP, so a worker killed between the pop and
+# the start would lose the job; recovery uses this index to find and requeue such jobs.
+PENDING = f"{PREFIX}:pending"
+LOST_SUSPECTS = f"{PREFIX}:recovery:lost-suspects"  # hash id -> first seen queued in no queue
+
+
+def state_index(state: str) -> str:
+    """zset id -> last transition time, one per user-visible state (filters without scans)."""
+    return f"{PREFIX}:jobs:state:{state}"
+
+
+def history_key(job_id: str) -> str:
+    """Append-only list of transitions (time, from, to, reason, node, attempt)."""
+    return f"{PREFIX}:job:{job_id}:history"
+
+
+def cancel_key(job_id: str) -> str:
+    """Control signal: set by a cancel request, polled by the running attempt."""
+    return f"{PREFIX}:job:{job_id}:cancel"
+
+
+CANCEL_TTL_S = 7 * 24 * 3600
+
+
+def lease_key(job_id: str) -> str:
+    """The running attempt's fencing token (see ``ffrtmp.lifecycle.Lease``)."""
+    return f"{PREFIX}:job:{job_id}:lease"
+
+
+def attempts_key(job_id: str) -> str:
+    """Counter of attempts ever claimed: attempt numbers never repeat, whatever meta says."""
+    return f"{PREFIX}:job:{job_id}:attempts"
+
+
+def progress_key(job_id: str) -> str:
+    """The running attempt's last progress (JSON), written only while it holds the lease."""
+    return f"{PREFIX}:job:{job_id}:progress"
+
+
+PROGRESS_TTL_S = 24 * 3600
+
+
+def logs_key(job_id: str) -> str:
+    """Hash attempt -> FFmpeg stderr tail."""
+    return f"{PREFIX}:job:{job_id}:logs"
+
+
+def job_keys(job_id: str) -> tuple[str, ...]:
+    """ffrtmp's keys that live and expire with a job."""
+    return (history_key(job_id), logs_key(job_id), attempts_key(job_id), progress_key(job_id))
+
+
+# --- nodes --------------------------------------------------------------------------------
+NODES_INDEX = f"{PREFIX}:nodes"  # zset name -> last heartbeat (unix time)
+NODE_TTL_S = 7 * 24 * 3600
+BOOTS_TTL_S = 24 * 3600
+
+
+def node_key(name: str) -> str:
+    return f"{PREFIX}:node:{name}"
+
+
+def boots_key(name: str) -> str:
+    return f"{PREFIX}:node:{name}:boots"  # zset boot id -> when that agent process first beat
+
+
+def drain_key(name: str) -> str:
+    return f"{PREFIX}:node:{name}:drain"
+
+
+def violations_key(node: str) -> str:
+    return f"{PREFIX}:node:{node}:violations"
+
+
+# --- fleet statistics ---------------------------------------------------------------------
+SUBMITTED = f"{PREFIX}:stats:submitted"  # hash "<tier>.<priority>" -> count
+FINISHED = f"{PREFIX}:stats:finished"  # "<tier>|<priority>|<outcome>|<reason>" -> count
+REQUEUES = f"{PREFIX}:stats:requeues"  # reason -> count
+FENCED = f"{PREFIX}:stats:fenced"  # transition -> writes refused because the lease had moved
+CANCELS = f"{PREFIX}:stats:cancels"  # graceful|forced -> count
+SLA = f"{PREFIX}:stats:sla"  # "<tier>|<kind>" -> count
+
+
+def hist_key(name: str, tier: str) -> str:
+    return f"{PREFIX}:stats:hist:{name}:{tier}"
+
+
+def node_stats_key(node: str) -> str:
+    return f"{PREFIX}:stats:node:{node}"
+
+
+# --- coordinator --------------------------------------------------------------------------
+RECOVERY_LEADER = f"{PREFIX}:recovery:leader"

@@ -1,0 +1,188 @@
+"""The run directory: one per attempt, ``<work>/runs/<job>/<attempt>-<execution>/``, created
+once and never reused, so no attempt ever reads another's ``exit.json`` or signals another's
+FFmpeg. The supervisor writes it, the attempt (and a re-adopting agent) watches it, metrics and
+``ffrtmp up`` read it. Everything read from it is checked: a broken file reads as absent.
+
+Files: ``attempt.json`` (job, attempt, lease token), ``cmd.json`` (argv), ``owner`` (touched by
+whoever watches the run), ``started.json`` (supervisor and FFmpeg pids, start time),
+``progress.json`` (the last ``-progress`` block), ``stderr.log`` / ``stderr.tail``,
+``exit.json`` (how FFmpeg ended), ``runner.log`` (the supervisor's own errors).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import psutil
+
+RUNS = "runs"
+
+
+def write_json_atomic(path: str, data: dict[str, Any]) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as fh:
+        json.dump(data, fh, separators=(",", ":"))
+    os.replace(tmp, path)
+
+
+def read_json(path: str) -> dict[str, Any] | None:
+    try:
+        with open(path) as fh:
+            data = json.load(fh)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def tail_text(path: str, nbytes: int) -> str:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - nbytes))
+            data = fh.read()
+    except OSError:
+        return ""
+    text = data.decode("utf-8", "replace")
+    return text if size <= nbytes else text.split("\n", 1)[-1]
+
+
+def process_alive(pid: int, not_after: float) -> bool:
+    """Is ``pid`` a live (not zombie) process that already existed at ``not_after``? A pid reused
+    by a younger process is not the one we started."""
+    try:
+        proc = psutil.Process(pid)
+        return proc.create_time() <= not_after + 1 and proc.status() != psutil.STATUS_ZOMBIE
+    except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError):
+        return False
+
+
+@dataclass(frozen=True)
+class RunDir:
+    path: str
+
+    # --- naming -------------------------------------------------------------------------
+    @staticmethod
+    def root(work_dir: str) -> str:
+        return os.path.join(work_dir, RUNS)
+
+    @classmethod
+    def create(cls, work_dir: str, job_id: str, attempt: int, execution: str, token: str) -> RunDir:
+        """A new directory for this attempt; fails if it exists (never reused)."""
+        path = os.path.join(cls.root(work_dir), job_id, f"{attempt}-{execution[:12]}")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        os.mkdir(path)
+        rd = cls(path)
+        write_json_atomic(rd.file("attempt.json"), {"job": job_id, "attempt": attempt, "lease": token})
+        rd.touch_owner()
+        return rd
+
+    @classmethod
+    def all(cls, work_dir: str) -> Iterator[RunDir]:
+        root = cls.root(work_dir)
+        with contextlib.suppress(OSError):
+            for job_id in os.listdir(root):
+                with contextlib.suppress(OSError):
+                    for name in os.listdir(os.path.join(root, job_id)):
+                        yield cls(os.path.join(root, job_id, name))
+
+    @classmethod
+    def live(cls, work_dir: str) -> list[RunDir]:
+        """Runs whose supervisor is alive and whose FFmpeg has not ended."""
+        return [rd for rd in cls.all(work_dir) if rd.is_live()]
+
+    def file(self, name: str) -> str:
+        return os.path.join(self.path, name)
+
+    # --- what the directory says ----------------------------------------------------------
+    @property
+    def info(self) -> dict[str, Any]:
+        return read_json(self.file("attempt.json")) or {}
+
+    @property
+    def job_id(self) -> str:
+        return str(self.info.get("job") or os.path.basename(os.path.dirname(self.path)))
+
+    @property
+    def attempt(self) -> int:
+        try:
+            return int(self.info.get("attempt") or 0)
+        except (TypeError, ValueError):
+            return 0
+
+    @property
+    def token(self) -> str | None:
+        tok = self.info.get("lease")
+        return tok if isinstance(tok, str) else None
+
+    def started(self) -> dict[str, Any] | None:
+        """{"runner_pid", "ffmpeg_pid", "time"} once FFmpeg runs; None if absent or broken."""
+        data = read_json(self.file("started.json"))
+        try:
+            if data is not None:
+                int(data["runner_pid"]), int(data["ffmpeg_pid"]), float(data["time"])
+                return data
+        except (KeyError, TypeError, ValueError):
+            pass
+        return None
+
+    def exit(self) -> dict[str, Any] | None:
+        return read_json(self.file("exit.json"))
+
+    def progress(self) -> dict[str, Any] | None:
+        return read_json(self.file("progress.json"))
+
+    def progress_mtime(self) -> float:
+        try:
+            return os.stat(self.file("progress.json")).st_mtime
+        except OSError:
+            return 0.0
+
+    def stderr_tail(self, nbytes: int) -> str:
+        return tail_text(self.file("stderr.tail"), nbytes)
+
+    def stderr_log(self, nbytes: int) -> str:
+        return tail_text(self.file("stderr.log"), nbytes)
+
+    # --- ownership ------------------------------------------------------------------------
+    def touch_owner(self) -> None:
+        """Called by whoever watches the run (the horse, or an agent that re-adopted it)."""
+        path = self.file("owner")
+        try:
+            os.utime(path)
+        except FileNotFoundError:
+            with open(path, "w"):
+                pass
+
+    def owner_age(self) -> float:
+        try:
+            return time.time() - os.stat(self.file("owner")).st_mtime
+        except OSError:
+            return 0.0
+
+    def runner_alive(self) -> bool:
+        st = self.started()
+        return st is not None and process_alive(int(st["runner_pid"]), float(st["time"]))
+
+    def ffmpeg_alive(self) -> bool:
+        st = self.started()
+        return st is not None and process_alive(int(st["ffmpeg_pid"]), float(st["time"]))
+
+    def is_live(self) -> bool:
+        return self.exit() is None and self.runner_alive()
+
+    def signal_ffmpeg(self, sig: int) -> bool:
+        """Signal this run's FFmpeg, only if it is still the process this run started."""
+        st = self.started()
+        if st is None or not self.ffmpeg_alive():
+            return False
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(int(st["ffmpeg_pid"]), sig)
+            return True
+        return False

@@ -1,0 +1,229 @@
+"""The lifecycle against a real redis-server and RQ's own registries: every transition is
+fenced by the attempt's lease, so late, duplicate and stale writers change nothing."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from rq.job import JobStatus
+
+from coordinator.config import CoordinatorConfig
+from coordinator.recovery import Recovery
+from ffrtmp import keys, lifecycle
+from ffrtmp.auth import KeyRing
+from ffrtmp.jobs import SubmitDefaults, get_view, list_views, submit
+from ffrtmp.lifecycle import Ending, Lease, Refused
+from ffrtmp.model import validate_spec
+from ffrtmp.rqjob import SERIALIZER, SafeJob, fetch_job, rq_queue
+
+pytestmark = pytest.mark.integration
+Q = "default.medium"
+
+
+def _submit(conn, **over) -> str:
+    spec = validate_spec({"scenario": "480p-h264", **over})
+    return submit(conn, spec, SubmitDefaults(max_attempts=over.pop("max_attempts", 3)))["id"]
+
+
+def _worker(conn, name: str):
+    from agent.worker import FleetWorker
+
+    w = FleetWorker(
+        [rq_queue(Q, conn)],
+        name=name,
+        connection=conn,
+        job_class=SafeJob,
+        serializer=SERIALIZER,
+        prepare_for_work=False,
+    )
+    w.node = name.split(".")[0]
+    return w
+
+
+def _pop_and_claim(conn, job_id: str, worker_name: str = "n1.s0") -> tuple[Lease, object]:
+    """What a worker does: pop the job, open an RQ execution, claim the lease."""
+    q = rq_queue(Q, conn)
+    assert conn.lrem(q.key, 0, job_id) == 1
+    w = _worker(conn, worker_name)
+    job = fetch_job(conn, job_id)
+    execution = w.prepare_execution(job)
+    claimed = lifecycle.claim(conn, job_id, execution.id, w.node, w.name, 3600)
+    assert claimed is not None
+    return claimed[0], execution
+
+
+def _states(conn, job_id):
+    return [(h["from"], h["to"], h["reason"]) for h in get_view(conn, job_id)["history"]]
+
+
+def test_a_completed_attempt_lands_in_rq_and_our_record_at_once(conn):
+    jid = _submit(conn)
+    lease, _ = _pop_and_claim(conn, jid)
+    assert lifecycle.started(conn, lease, {"output": "/x.mp4"}, "default", 0.5) is False
+    assert lifecycle.progress(conn, lease, {"out_time_s": 1.0})
+    assert get_view(conn, jid)["progress"] == {"out_time_s": 1.0}
+    lifecycle.finish(conn, lease, Ending("completed", "ffmpeg_exit_0", "ok", result={"size_bytes": 10}))
+    job = fetch_job(conn, jid)
+    assert job.get_status() == JobStatus.FINISHED
+    assert job.finished_job_registry.get_job_ids() == [jid]
+    assert conn.zcard(rq_queue(Q, conn).started_job_registry.key) == 0
+    assert not conn.exists(keys.lease_key(jid)) and conn.zscore(keys.PENDING, jid) is None
+    assert _states(conn, jid) == [
+        (None, "queued", "submitted"),
+        ("queued", "running", "started"),
+        ("running", "completed", "ffmpeg_exit_0"),
+    ]
+    assert [v["id"] for v in list_views(conn, state="completed")[0]] == [jid]
+    assert list_views(conn, state="running")[0] == []
+    assert conn.ttl(keys.history_key(jid)) > 0
+
+
+def test_every_write_of_an_attempt_that_lost_its_lease_is_refused(conn):
+    """A frozen horse wakes up after recovery requeued its job and a new attempt started."""
+    jid = _submit(conn)
+    old, old_exec = _pop_and_claim(conn, jid, "n1.s0")
+    lifecycle.started(conn, old, {}, "default", 0)
+    reg = rq_queue(Q, conn).started_job_registry.key
+    assert lifecycle.abandon(conn, jid, old_exec.id, reg, lambda _l: "node_lost") == "requeued"
+    new, _ = _pop_and_claim(conn, jid, "n2.s0")
+    assert new.attempt == old.attempt + 1
+    for write in (
+        lambda: lifecycle.started(conn, old, {}, "default", 0),
+        lambda: lifecycle.finish(conn, old, Ending("completed", "ffmpeg_exit_0", "ok")),
+        lambda: lifecycle.platform_failure(conn, old, "runner_died", "x"),
+    ):
+        with pytest.raises(Refused):
+            write()
+    assert lifecycle.progress(conn, old, {"frame": 1}) is False
+    v = get_view(conn, jid)
+    assert v["state"] == "running" and v["node"] == "n2" and v["attempts"] == new.attempt
+    assert int(conn.hget(keys.FENCED, "finish_completed")) == 1
+    assert rq_queue(Q, conn).count == 0  # requeued once, popped once: in no queue now
+    # the late abandon of the old execution (its entry came back) only removes that entry
+    conn.zadd(reg, {f"{jid}:{old_exec.id}": time.time() - 1})
+    assert lifecycle.abandon(conn, jid, old_exec.id, reg, lambda _l: "node_lost") == "stale"
+    assert get_view(conn, jid)["state"] == "running"
+
+
+def test_a_duplicate_in_a_queue_never_runs_beside_the_running_attempt(conn):
+    jid = _submit(conn)
+    lease, _ = _pop_and_claim(conn, jid)
+    rq_queue(Q, conn).push_job_id(jid)  # a duplicate, however it got there
+    w = _worker(conn, "n2.s0")
+    job = fetch_job(conn, jid)
+    execution = w.prepare_execution(job)
+    assert lifecycle.claim(conn, jid, execution.id, "n2", "n2.s0", 60) is None
+    assert conn.get(keys.lease_key(jid)).decode() == lease.token
+
+
+def test_a_worker_handling_a_horse_death_twice_requeues_once(conn):
+    """RQ's worker may report a dead horse after the attempt settled, or twice."""
+    jid = _submit(conn)
+    lease, execution = _pop_and_claim(conn, jid)
+    w = _worker(conn, "n1.s0")
+    w._lease = lease
+    job = fetch_job(conn, jid)
+    w.handle_job_failure(job, rq_queue(Q, conn), exc_string="horse killed", execution=execution)
+    w.handle_job_failure(job, rq_queue(Q, conn), exc_string="horse killed", execution=execution)
+    assert rq_queue(Q, conn).job_ids == [jid]
+    reasons = [r for _f, _t, r in _states(conn, jid)]
+    assert reasons.count("horse_died") == 1 and reasons[-1] == "requeued"
+    # a stale copy of the job saved over it does not bring attempt numbers back
+    job.meta.update(attempt=0, state="queued")
+    job.save_meta()
+    again, _ = _pop_and_claim(conn, jid)
+    assert again.attempt == lease.attempt + 1
+
+
+def test_platform_failures_end_in_failed_when_attempts_run_out(conn):
+    jid = _submit(conn, max_attempts=2)
+    for expected in ("requeued", "failed"):
+        lease, _ = _pop_and_claim(conn, jid)
+        assert lifecycle.platform_failure(conn, lease, "ffmpeg_killed", "SIGKILL") == expected
+    v = get_view(conn, jid)
+    assert v["state"] == "failed" and v["error"]["reason"] == "ffmpeg_killed"
+    assert fetch_job(conn, jid).get_status() == JobStatus.FAILED
+    # a manual retry gets a fresh budget and a new attempt number
+    assert lifecycle.retry(conn, jid, "test") == "queued"
+    assert lifecycle.retry(conn, jid, "test") == "not_retryable"  # never enqueued twice
+    assert rq_queue(Q, conn).job_ids == [jid]
+    lease, _ = _pop_and_claim(conn, jid)
+    assert lease.attempt == 3
+    assert lifecycle.platform_failure(conn, lease, "ffmpeg_killed", "SIGKILL") == "requeued"
+
+
+def test_cancel_of_a_queued_job_takes_it_out_and_of_a_running_one_signals_it(conn):
+    waiting, running = _submit(conn), _submit(conn)
+    lease, _ = _pop_and_claim(conn, running)
+    assert lifecycle.cancel(conn, waiting, "op") == "canceled"
+    assert rq_queue(Q, conn).job_ids == []
+    assert lifecycle.cancel(conn, waiting, "op") == "terminal"
+    assert lifecycle.cancel(conn, running, "op") == "requested"
+    assert lifecycle.started(conn, lease, {}, "default", 0) is True  # the attempt sees it
+    assert lifecycle.holds(conn, lease) == (True, True)
+    lifecycle.finish(conn, lease, Ending("canceled", "canceled", "canceled by request"))
+    assert get_view(conn, running)["state"] == "canceled"
+    assert lifecycle.cancel(conn, "jnothere", "op") == "missing"
+
+
+def test_requeue_lost_only_for_an_unleased_job_in_no_queue(conn):
+    jid = _submit(conn)
+    assert lifecycle.requeue_lost(conn, jid) is False  # still in its queue
+    conn.lrem(rq_queue(Q, conn).key, 0, jid)
+    assert lifecycle.requeue_lost(conn, jid) is True
+    assert lifecycle.requeue_lost(conn, jid) is False
+    _pop_and_claim(conn, jid)
+    assert lifecycle.requeue_lost(conn, jid) is False  # leased: abandon's business
+
+
+def test_a_recovery_pass_skips_a_broken_record_and_settles_the_others(conn, monkeypatch):
+    cfg = CoordinatorConfig(redis_url="", keys=KeyRing([]), defaults=SubmitDefaults(), heartbeat_interval=1)
+    rec = Recovery(conn, cfg, node_id="test")
+    good, broken, odd = _submit(conn), _submit(conn), _submit(conn)
+    lease_good, _ = _pop_and_claim(conn, good, "dead.s0")
+    _pop_and_claim(conn, broken, "dead.s1")
+    _pop_and_claim(conn, odd, "dead.s2")
+    job = fetch_job(conn, odd)
+    job.meta.update(max_attempts="many", attempt_base=None, tier=7)  # untrusted values in meta
+    job.save_meta()
+    real = rec.reason_for
+
+    def reason_for(lease, at):
+        if lease.job_id == broken:
+            raise RuntimeError("an unexpected error with one record")
+        return real(lease, at)
+
+    monkeypatch.setattr(rec, "reason_for", reason_for)
+    reg = rq_queue(Q, conn).started_job_registry.key
+    conn.zadd(reg, {m: time.time() - 1 for m in conn.zrange(reg, 0, -1)})
+    conn.zadd(reg, {"jgone:deadbeef": time.time() - 1, "garbage": time.time() - 1})  # no such job
+    assert rec.tick() > 0
+    v = get_view(conn, good)
+    assert v["state"] == "queued" and v["history"][-2]["reason"] == "node_lost"
+    assert get_view(conn, odd)["state"] == "failed"  # a nonsense attempt budget counts as one
+    assert rq_queue(Q, conn).job_ids == [good]
+    assert get_view(conn, broken)["state"] == "running" and rec.errors == 1  # skipped, kept
+    assert conn.zscore(reg, "jgone:deadbeef") is None and conn.zscore(reg, "garbage") is None
+    assert not conn.exists(keys.lease_key(good))
+    assert json.loads(conn.lindex(keys.history_key(good), -1))["to"] == "queued"
+    del lease_good
+
+
+def test_recovery_after_a_redis_outage_waits_then_says_redis_outage(conn):
+    cfg = CoordinatorConfig(redis_url="", keys=KeyRing([]), defaults=SubmitDefaults(), heartbeat_interval=1)
+    rec = Recovery(conn, cfg, node_id="test")
+    jid = _submit(conn)
+    _pop_and_claim(conn, jid, "n1.s0")
+    conn.zadd(keys.NODES_INDEX, {"n1": time.time()})  # the node itself is alive
+    reg = rq_queue(Q, conn).started_job_registry.key
+    rec.outage = __import__("coordinator.recovery", fromlist=["Outage"]).Outage(time.time() - 30, time.time())
+    conn.zadd(reg, {m: time.time() - 1 for m in conn.zrange(reg, 0, -1)})
+    rec.tick()
+    assert get_view(conn, jid)["state"] == "running"  # held off: its worker may renew it yet
+    rec.outage.until -= rec.hold_s() + 1
+    rec.outage.since -= rec.hold_s() + 1
+    rec.tick()
+    v = get_view(conn, jid)
+    assert v["state"] == "queued" and v["history"][-2]["reason"] == "redis_outage"
