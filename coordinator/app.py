@@ -9,6 +9,8 @@ import os
 import posixpath
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any
 
 import redis
@@ -28,6 +30,7 @@ from .config import CoordinatorConfig
 from .metrics import CoordinatorMetrics
 from .openapi import openapi_spec
 from .recovery import Recovery
+from .routes import ROUTES, role_needed
 
 log = logging.getLogger("ffrtmp.coordinator")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -43,26 +46,21 @@ def error(
     return web.json_response({"error": body}, status=status, headers=headers)
 
 
-# route -> role needed; anything not listed needs "viewer"
-PUBLIC = {("GET", "/health")}
-ROLE_NEEDED = {
-    ("POST", "/jobs"): "operator",
-    ("POST", "/jobs/{id}/cancel"): "operator",
-    ("POST", "/jobs/{id}/retry"): "operator",
-    ("POST", "/nodes/{id}/drain"): "operator",
-    ("POST", "/nodes/{id}/undrain"): "operator",
-}
+CFG: web.AppKey[CoordinatorConfig] = web.AppKey("cfg", CoordinatorConfig)
+RECOVERY_TASK: web.AppKey[asyncio.Task[None]] = web.AppKey("recovery_task", asyncio.Task)
+REDIS_THREADS = 8  # Redis-bound handler work runs here, never on the event loop
 
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     route = request.match_info.route
     canonical = getattr(route.resource, "canonical", request.path) if route.resource else request.path
-    if (request.method, canonical) in PUBLIC:
+    needed = role_needed(request.method, canonical)
+    if needed is None:
         return await handler(request)
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
-    keys: KeyRing = request.app["cfg"].keys
+    keys: KeyRing = request.app[CFG].keys
     key = keys.lookup(token.strip()) if scheme.lower() == "bearer" and token.strip() else None
     if key is None:
         return error(
@@ -71,7 +69,6 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
             "missing or invalid API key (Authorization: Bearer <key>)",
             headers={"WWW-Authenticate": 'Bearer realm="ffrtmp"'},
         )
-    needed = ROLE_NEEDED.get((request.method, canonical), "viewer")
     if not role_allows(key.role, needed):
         return error(403, "forbidden", f"this needs the {needed} role; key '{key.name}' is {key.role}")
     request["api_key"] = key
@@ -127,10 +124,12 @@ class Api:
         self.cfg = cfg
         self.conn = conn
         self.metrics = CoordinatorMetrics(conn, cfg)
+        self.pool = ThreadPoolExecutor(REDIS_THREADS, thread_name_prefix="redis")
 
     async def run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """Run a Redis-bound call. Inline, not in a thread: see coordinator.main."""
-        return fn(*args, **kwargs)
+        """Run a Redis-bound call in the Redis threads: the event loop never waits on Redis, so
+        /health and every other request stay responsive however slow one request is."""
+        return await asyncio.get_running_loop().run_in_executor(self.pool, partial(fn, *args, **kwargs))
 
     # --- jobs ---------------------------------------------------------------------------
     async def submit_job(self, request: web.Request) -> web.Response:
@@ -269,35 +268,25 @@ class Api:
 
 def build_app(cfg: CoordinatorConfig, conn: redis.Redis) -> web.Application:
     app = web.Application(middlewares=[error_middleware, auth_middleware], client_max_size=MAX_BODY)
-    app["cfg"] = cfg
+    app[CFG] = cfg
     api = Api(cfg, conn)
-    app["api"] = api
-    r = app.router
-    r.add_post("/jobs", api.submit_job)
-    r.add_get("/jobs", api.list_jobs)
-    r.add_get("/jobs/{id}", api.get_job)
-    r.add_get("/jobs/{id}/logs", api.job_logs)
-    r.add_post("/jobs/{id}/cancel", api.cancel_job)
-    r.add_post("/jobs/{id}/retry", api.retry_job)
-    r.add_get("/nodes", api.nodes)
-    r.add_get("/nodes/{id}", api.node)
-    r.add_post("/nodes/{id}/drain", api.set_drain)
-    r.add_post("/nodes/{id}/undrain", api.set_drain)
-    r.add_get("/queues", api.queues)
-    r.add_get("/health", api.health)
-    r.add_get("/ready", api.ready)
-    r.add_get("/metrics", api.metrics_handler)
-    r.add_get("/openapi.json", api.openapi)
+    for route in ROUTES:
+        app.router.add_route(route.method, route.path, getattr(api, route.handler))
+
+    async def stop_pool(_app: web.Application) -> None:
+        api.pool.shutdown(wait=False, cancel_futures=True)
+
+    app.on_cleanup.append(stop_pool)
 
     if cfg.run_recovery:
         recovery = Recovery(conn, cfg, node_id=f"{os.uname().nodename}:{os.getpid()}:{int(time.time())}")
 
         async def start_recovery(app: web.Application) -> None:
-            app["recovery_task"] = asyncio.create_task(recovery.loop())
+            app[RECOVERY_TASK] = asyncio.create_task(recovery.loop())
 
         async def stop_recovery(app: web.Application) -> None:
-            app["recovery_task"].cancel()
-            await asyncio.gather(app["recovery_task"], return_exceptions=True)
+            app[RECOVERY_TASK].cancel()
+            await asyncio.gather(app[RECOVERY_TASK], return_exceptions=True)
             await asyncio.to_thread(recovery.release)
 
         app.on_startup.append(start_recovery)

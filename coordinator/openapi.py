@@ -10,6 +10,8 @@ from pydantic import BaseModel, Field
 from ffrtmp import __version__
 from ffrtmp.model import JobSpec, JobState
 
+from .routes import ROUTES
+
 
 class HistoryEntry(BaseModel):
     time: str
@@ -77,175 +79,93 @@ def openapi_spec() -> dict[str, Any]:
         schemas.update(s.pop("$defs", {}))
         schemas[model.__name__] = s
     auth = {"401": _err("missing or invalid API key"), "403": _err("the key's role is not enough")}
-    job_id = [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}]
+    id_param = [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}]
     obj = {"type": "object"}
-    paths: dict[str, Any] = {
-        "/jobs": {
-            "post": {
-                "summary": "Submit a job",
-                "operationId": "submitJob",
-                "requestBody": {
-                    "required": True,
-                    "content": {"application/json": {"schema": _ref("JobSpec")}},
-                },
-                "responses": {
-                    "201": _json(_ref("JobView"), "queued"),
-                    "400": _err("body is not JSON"),
-                    "422": _err("a field is invalid; `field` names it"),
-                    **auth,
-                },
+    details: dict[str, dict[str, Any]] = {
+        "submitJob": {
+            "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("JobSpec")}}},
+            "responses": {
+                "201": _json(_ref("JobView"), "queued"),
+                "400": _err("body is not JSON"),
+                "422": _err("a field is invalid; `field` names it"),
             },
-            "get": {
-                "summary": "List jobs, newest first",
-                "operationId": "listJobs",
-                "parameters": [
+        },
+        "listJobs": {
+            "parameters": [
+                {
+                    "name": "state",
+                    "in": "query",
+                    "schema": {"type": "string", "enum": [s.value for s in JobState]},
+                },
+                {"name": "queue", "in": "query", "schema": {"type": "string"}},
+                {"name": "node", "in": "query", "schema": {"type": "string"}},
+                {
+                    "name": "limit",
+                    "in": "query",
+                    "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 50},
+                },
+                {"name": "cursor", "in": "query", "schema": {"type": "string"}},
+            ],
+            "responses": {
+                "200": _json(
                     {
-                        "name": "state",
-                        "in": "query",
-                        "schema": {"type": "string", "enum": [s.value for s in JobState]},
-                    },
-                    {"name": "queue", "in": "query", "schema": {"type": "string"}},
-                    {"name": "node", "in": "query", "schema": {"type": "string"}},
-                    {
-                        "name": "limit",
-                        "in": "query",
-                        "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 50},
-                    },
-                    {"name": "cursor", "in": "query", "schema": {"type": "string"}},
-                ],
-                "responses": {
-                    "200": _json(
-                        {
-                            "type": "object",
-                            "properties": {
-                                "jobs": {"type": "array", "items": _ref("JobView")},
-                                "next_cursor": {"type": ["string", "null"]},
-                            },
+                        "type": "object",
+                        "properties": {
+                            "jobs": {"type": "array", "items": _ref("JobView")},
+                            "next_cursor": {"type": ["string", "null"]},
                         },
-                        "a page of jobs",
-                    ),
-                    "422": _err("a filter is invalid"),
-                    **auth,
-                },
+                    },
+                    "a page of jobs (shorter than the limit when the bounded scan ran out; "
+                    "go on from next_cursor)",
+                ),
+                "422": _err("a filter is invalid"),
             },
         },
-        "/jobs/{id}": {
-            "get": {
-                "summary": "One job",
-                "operationId": "getJob",
-                "parameters": job_id,
-                "responses": {"200": _json(_ref("JobView"), "the job"), "404": _err("no such job"), **auth},
+        "getJob": {"responses": {"200": _json(_ref("JobView"), "the job"), "404": _err("no such job")}},
+        "jobLogs": {"responses": {"200": _json(obj, "logs"), "404": _err("no such job")}},
+        "cancelJob": {
+            "responses": {
+                "200": _json(obj, "canceled (it was queued)"),
+                "202": _json(obj, "cancel requested (it is running)"),
+                "404": _err("no such job"),
+                "409": _err("already finished"),
             }
         },
-        "/jobs/{id}/logs": {
-            "get": {
-                "summary": "FFmpeg stderr tail per attempt",
-                "operationId": "jobLogs",
-                "parameters": job_id,
-                "responses": {"200": _json(obj, "logs"), "404": _err("no such job"), **auth},
+        "retryJob": {
+            "responses": {
+                "202": _json(obj, "queued again"),
+                "404": _err("no such job"),
+                "409": _err("the job is not in a retryable state"),
             }
         },
-        "/jobs/{id}/cancel": {
-            "post": {
-                "summary": "Cancel a job",
-                "operationId": "cancelJob",
-                "parameters": job_id,
-                "responses": {
-                    "200": _json(obj, "canceled (it was queued)"),
-                    "202": _json(obj, "cancel requested (it is running)"),
-                    "404": _err("no such job"),
-                    "409": _err("already finished"),
-                    **auth,
-                },
+        "listNodes": {"responses": {"200": _json(obj, "nodes")}},
+        "getNode": {"responses": {"200": _json(obj, "node"), "404": _err("no such node")}},
+        "drainNode": {"responses": {"200": _json(obj, "node"), "404": _err("no such node")}},
+        "undrainNode": {"responses": {"200": _json(obj, "node"), "404": _err("no such node")}},
+        "queues": {"responses": {"200": _json(obj, "queues")}},
+        "health": {"responses": {"200": _json(obj, "alive")}},
+        "ready": {"responses": {"200": _json(obj, "ready"), "503": _json(obj, "not ready")}},
+        "metrics": {
+            "responses": {
+                "200": {
+                    "description": "text exposition format",
+                    "content": {"text/plain": {"schema": {"type": "string"}}},
+                }
             }
         },
-        "/jobs/{id}/retry": {
-            "post": {
-                "summary": "Re-run a failed, timed-out, canceled or rejected job as its next attempt",
-                "operationId": "retryJob",
-                "parameters": job_id,
-                "responses": {
-                    "202": _json(obj, "queued again"),
-                    "404": _err("no such job"),
-                    "409": _err("the job is not in a retryable state"),
-                    **auth,
-                },
-            }
-        },
-        "/nodes": {
-            "get": {
-                "summary": "Agents",
-                "operationId": "listNodes",
-                "responses": {"200": _json(obj, "nodes"), **auth},
-            }
-        },
-        "/nodes/{id}": {
-            "get": {
-                "summary": "One agent",
-                "operationId": "getNode",
-                "parameters": job_id,
-                "responses": {"200": _json(obj, "node"), "404": _err("no such node"), **auth},
-            }
-        },
-        "/nodes/{id}/drain": {
-            "post": {
-                "summary": "Stop a node taking new jobs; running jobs finish",
-                "operationId": "drainNode",
-                "parameters": job_id,
-                "responses": {"200": _json(obj, "node"), "404": _err("no such node"), **auth},
-            }
-        },
-        "/nodes/{id}/undrain": {
-            "post": {
-                "summary": "Let a drained node take jobs again",
-                "operationId": "undrainNode",
-                "parameters": job_id,
-                "responses": {"200": _json(obj, "node"), "404": _err("no such node"), **auth},
-            }
-        },
-        "/queues": {
-            "get": {
-                "summary": "Queue depths, registries and oldest-job age",
-                "operationId": "queues",
-                "responses": {"200": _json(obj, "queues"), **auth},
-            }
-        },
-        "/health": {
-            "get": {
-                "summary": "Liveness (no auth)",
-                "operationId": "health",
-                "security": [],
-                "responses": {"200": _json(obj, "alive")},
-            }
-        },
-        "/ready": {
-            "get": {
-                "summary": "Readiness: Redis reachable",
-                "operationId": "ready",
-                "responses": {"200": _json(obj, "ready"), "503": _json(obj, "not ready"), **auth},
-            }
-        },
-        "/metrics": {
-            "get": {
-                "summary": "Prometheus metrics",
-                "operationId": "metrics",
-                "responses": {
-                    "200": {
-                        "description": "text exposition format",
-                        "content": {"text/plain": {"schema": {"type": "string"}}},
-                    },
-                    **auth,
-                },
-            }
-        },
-        "/openapi.json": {
-            "get": {
-                "summary": "This document",
-                "operationId": "openapi",
-                "responses": {"200": _json(obj, "OpenAPI 3 document"), **auth},
-            }
-        },
+        "openapi": {"responses": {"200": _json(obj, "OpenAPI 3 document")}},
     }
+    paths: dict[str, Any] = {}
+    for route in ROUTES:
+        op: dict[str, Any] = {"summary": route.summary, "operationId": route.operation_id}
+        extra = details[route.operation_id]
+        if "{id}" in route.path:
+            op["parameters"] = id_param
+        op.update({k: v for k, v in extra.items() if k != "responses"})
+        op["responses"] = {**extra["responses"], **(auth if route.role else {})}
+        if route.role is None:
+            op["security"] = []
+        paths.setdefault(route.path, {})[route.method.lower()] = op
     return {
         "openapi": "3.1.0",
         "info": {"title": "ffrtmp coordinator", "version": __version__},

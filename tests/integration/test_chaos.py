@@ -1,8 +1,11 @@
-"""Chaos: 3 agents and 60 mixed jobs while agents are SIGKILLed and restarted at random, the
-coordinator is restarted once and Redis (AOF) is restarted once. Bounded to a few minutes with
-1 s heartbeats. Proven at the end from Redis and from the run records on disk: every job is
-terminal, none is missing, no job ever ran twice at once, and no workload failure was retried."""
+"""Chaos: 3 agents and 60 mixed jobs while agents are SIGKILLed and restarted, frozen whole
+(SIGSTOP, a paused VM) and resumed, and run supervisors are SIGKILLed, at random; the
+coordinator is restarted once and Redis (AOF) once. Bounded to a few minutes with 1 s
+heartbeats. Proven at the end from Redis and from the run records on disk: every job is
+terminal, none is missing, no job ever ran twice at once (a frozen run does not run; it must be
+gone within moments of waking), and no workload failure was retried."""
 
+import contextlib
 import itertools
 import json
 import os
@@ -24,6 +27,18 @@ from tests.conftest import agent_argv, ffprobe, free_port, make_clip, require, s
 pytestmark = pytest.mark.integration
 BIN = Path(sys.executable).parent
 TERMINAL = {"completed", "failed", "canceled", "timed_out", "rejected"}
+# what a job may end failed with, having run out of attempts, when none of it was its fault
+PLATFORM_REASONS = {
+    "node_lost",
+    "attempt_lost",
+    "lost_ownership",
+    "runner_died",
+    "horse_died",
+    "redis_outage",
+    "ffmpeg_killed",
+    "agent_error",
+}
+WAKE_SLACK_S = 1.0  # a frozen run must be gone this soon after SIGCONT
 SEED = int(os.environ.get("FFRTMP_CHAOS_SEED", "20261123"))
 CHAOS_SECONDS = float(os.environ.get("FFRTMP_CHAOS_SECONDS", "75"))
 JOBS = int(os.environ.get("FFRTMP_CHAOS_JOBS", "60"))  # bench/soak.sh raises all three
@@ -43,6 +58,7 @@ class Stack:
         self.redis: subprocess.Popen | None = None
         self.coordinator: subprocess.Popen | None = None
         self.agents: dict[str, subprocess.Popen] = {}
+        self.frozen: list[tuple[str, float, float]] = []  # (agent, stopped at, resumed at)
         self.lock = threading.Lock()
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
@@ -131,6 +147,24 @@ class Stack:
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
 
+    def freeze_agent(self, name: str) -> list[psutil.Process]:
+        """SIGSTOP the agent and everything under it: slots, horses, supervisors, FFmpeg."""
+        root = psutil.Process(self.agents[name].pid)
+        procs = [root, *root.children(recursive=True)]
+        for p in procs:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.suspend()
+        return procs
+
+    def kill_a_supervisor(self, name: str) -> int | None:
+        root = psutil.Process(self.agents[name].pid)
+        for p in root.children(recursive=True):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                if any(c.name() == "ffmpeg" for c in p.children()):
+                    p.kill()
+                    return p.pid
+        return None
+
     def stop(self) -> None:
         for proc in self.agents.values():
             if proc.poll() is None:
@@ -161,6 +195,21 @@ def chaos(stack: Stack, stop: threading.Event, events: list[str]) -> None:
             did_redis = True
             continue
         name = rng.choice(sorted(stack.agents))
+        fault = rng.choice(["kill", "kill", "freeze", "supervisor"])
+        if fault == "freeze":
+            frozen = stack.freeze_agent(name)
+            down = rng.choice([0.5, 2.0, 12.0])  # 12 s: past the execution TTL, so the job moves
+            stop.wait(down)
+            for p in frozen:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    p.resume()
+            stack.frozen.append((name, time.time() - down, time.time()))
+            events.append(f"{elapsed:.0f}s {name} frozen for {down}s")
+            continue
+        if fault == "supervisor":
+            pid = stack.kill_a_supervisor(name)
+            events.append(f"{elapsed:.0f}s {name} run supervisor {pid} SIGKILLed")
+            continue
         stack.kill_agent(name)
         down = rng.choice([0.2, 1.0, 2.0, 7.0])  # 7 s: past the orphan deadline, so the job moves
         stop.wait(down)
@@ -169,15 +218,35 @@ def chaos(stack: Stack, stop: threading.Event, events: list[str]) -> None:
 
 
 def run_records(tmp: Path) -> dict[str, list[tuple[float, float, str]]]:
-    """(start, end, where) of every FFmpeg run, from every agent's run directories."""
+    """(start, end, agent) of every FFmpeg run, from every agent's run directories."""
     runs: dict[str, list[tuple[float, float, str]]] = {}
     for started in tmp.glob("work-*/runs/*/*/started.json"):
         exit_file = started.parent / "exit.json"
         begin = json.loads(started.read_text())["time"]
         end = json.loads(exit_file.read_text())["time"] if exit_file.exists() else float("inf")
         job = started.parent.parent.name
-        runs.setdefault(job, []).append((begin, end, f"{started.parts[-5]} attempt {started.parent.name}"))
+        runs.setdefault(job, []).append((begin, end, started.parts[-5].removeprefix("work-")))
     return runs
+
+
+def running_time(
+    run: tuple[float, float, str], frozen: list[tuple[str, float, float]]
+) -> list[tuple[float, float]]:
+    """The intervals in which a run was running: its record minus the freezes of its agent
+    (a stopped process runs nothing), each freeze ending ``WAKE_SLACK_S`` after SIGCONT."""
+    spans = [(run[0], run[1])]
+    for agent, t_stop, t_cont in frozen:
+        if agent != run[2]:
+            continue
+        out = []
+        for a, b in spans:
+            lo, hi = max(a, t_stop), min(b, t_cont + WAKE_SLACK_S)
+            if lo >= hi:
+                out.append((a, b))
+                continue
+            out.extend(x for x in ((a, lo), (hi, b)) if x[0] < x[1])
+        spans = out
+    return spans
 
 
 @pytest.mark.timeout(900 + 4 * CHAOS_SECONDS + 4 * JOBS)
@@ -257,7 +326,7 @@ def test_chaos(tmp_path):
         assert len(views) == JOBS and all(v["state"] in TERMINAL for v in views.values()), summary
         assert conn.zcard("ffrtmp:jobs") == JOBS  # none missing, none duplicated
         assert any("redis restarted" in e for e in events) and any("coordinator" in e for e in events)
-        assert sum("SIGKILLed" in e for e in events) >= 4, summary
+        assert sum("SIGKILLed" in e or "frozen" in e for e in events) >= 4, summary
         for job_id, kind in submitted.items():
             v = views[job_id]
             history = v["history"]
@@ -267,11 +336,11 @@ def test_chaos(tmp_path):
                 assert len(workload_failures) == 1 and history[-1] is workload_failures[0], (summary, v)
             else:
                 assert not workload_failures, (summary, kind, v)
-                assert v["state"] == "completed" or v["error"]["reason"] == "node_lost", (summary, v)
+                assert v["state"] == "completed" or v["error"]["reason"] in PLATFORM_REASONS, (summary, v)
         # no job ever ran twice at once: the run records on disk say so
         for job_id, runs in run_records(tmp_path).items():
-            runs.sort()
-            for (s1, e1, w1), (s2, e2, w2) in itertools.pairwise(runs):
+            spans = sorted((a, b, r[2]) for r in runs for a, b in running_time(r, stack.frozen))
+            for (s1, e1, w1), (s2, e2, w2) in itertools.pairwise(spans):
                 assert e1 <= s2, f"{job_id}: {w1} [{s1:.2f}, {e1:.2f}] overlaps {w2} [{s2:.2f}, {e2:.2f}]"
         completed = [j for j, v in views.items() if v["state"] == "completed"]
         assert len(completed) >= 2 * JOBS // 3, summary

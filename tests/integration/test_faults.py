@@ -116,8 +116,8 @@ def test_a_sigkilled_run_supervisor_takes_its_ffmpeg_along_before_the_retry(clus
     (old,) = ffmpeg_pids(job_id)
     supervisor = psutil.Process(old).parent()
     assert supervisor is not None and "ffmpeg" not in supervisor.name()
+    seen: dict[int, list[float]] = {old: [time.monotonic()] * 2}
     supervisor.kill()
-    seen: dict[int, list[float]] = {}
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         now = time.monotonic()
