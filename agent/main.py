@@ -36,6 +36,7 @@ from ffrtmp.timing import renewal_interval
 
 from . import disk
 from .adopt import adopt
+from .config import AgentConfig
 from .context import ENV as CONTEXT_ENV
 from .context import dump_context
 from .metrics import AgentCollector
@@ -45,28 +46,6 @@ from .probe import ProbeError, probe, test_encode
 log = logging.getLogger("ffrtmp.agent")
 MIN_FREE_DISK_RATIO = 0.10
 HW_ENCODERS = frozenset(HW_ENCODER_NAMES.values())
-
-
-@dataclass
-class AgentConfig:
-    redis_url: str
-    name: str
-    slots: int
-    live_slots: int
-    metrics_host: str
-    metrics_port: int
-    heartbeat_interval: float
-    drain_timeout: float
-    input_roots: list[str]
-    output_roots: list[str]
-    work_dir: str
-    ffmpeg: str = "ffmpeg"
-    ffprobe: str = "ffprobe"
-    log_level: str = "info"
-    stall_after: float = 120.0
-    encoder_recheck: float = 600.0
-    log_dir: str | None = None
-    min_free_space: int = 256 * 1024 * 1024
 
 
 @dataclass

@@ -5,7 +5,7 @@ samples only where the hardware exists."""
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import psutil
 import redis
@@ -18,7 +18,24 @@ from ffrtmp.rundir import RunDir
 from .probe import nvidia_gpus
 
 if TYPE_CHECKING:
-    from .main import Agent
+    from .config import AgentConfig
+
+
+class AgentStatus(Protocol):
+    """What the metrics read of the running agent (``agent.main.Agent`` is one)."""
+
+    cfg: AgentConfig
+    conn: redis.Redis | None
+    info: dict[str, Any]
+    last_heartbeat: float
+    started_at: float
+
+    def active_runs(self) -> list[dict[str, Any]]: ...
+
+    def busy_slots(self) -> int: ...
+
+    def disk_free_ratio(self) -> float: ...
+
 
 _FAMILY = {name: fam for (fam, _codec), name in HW_ENCODER_NAMES.items()}
 
@@ -41,7 +58,7 @@ def run_stats(runs: list[dict[str, Any]], work_dir: str, stall_after_s: float) -
 
 
 class AgentCollector:
-    def __init__(self, agent: Agent) -> None:
+    def __init__(self, agent: AgentStatus) -> None:
         self.agent = agent
 
     def _g(self, name: str, doc: str, value: float, extra: dict[str, str] | None = None) -> GaugeMetricFamily:

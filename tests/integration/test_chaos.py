@@ -21,7 +21,7 @@ import psutil
 import pytest
 import redis
 
-from ffrtmp.client import Client
+from ffrtmp.cli.client import Client
 from tests.conftest import agent_argv, ffprobe, free_port, make_clip, require, spawn_logged, video_stream
 
 pytestmark = pytest.mark.integration

@@ -11,7 +11,7 @@ import time
 import pytest
 import redis
 
-from ffrtmp.client import Client
+from ffrtmp.cli.client import Client
 from tests.conftest import require
 from tests.integration.test_chaos import TERMINAL, Stack
 

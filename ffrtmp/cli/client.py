@@ -11,7 +11,7 @@ from typing import Any
 
 from tenacity import RetryError
 
-from .redisconn import transport_retry
+from ..redisconn import transport_retry
 
 RETRYABLE_STATUS = {502, 503, 504}
 

@@ -18,8 +18,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .auth import new_key
-from .rundir import RunDir
+from ..auth import new_key
+from ..rundir import RunDir
 
 INSTALL_HINT = {
     "redis-server": "sudo apt-get install redis-server",
@@ -85,7 +85,7 @@ def free_port() -> int:
 
 def _pdeathsig() -> None:
     """In each child: die with `ffrtmp up`, even if it is SIGKILLed."""
-    from .pdeath import set_pdeathsig  # local: keeps CLI start-up light
+    from ..pdeath import set_pdeathsig  # local: keeps CLI start-up light
 
     set_pdeathsig(signal.SIGTERM)
 

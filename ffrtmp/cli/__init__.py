@@ -12,10 +12,10 @@ from typing import Any, NoReturn
 
 import click
 
-from .auth import ROLES, hash_key, key_line, new_key
+from ..auth import ROLES, hash_key, key_line, new_key
+from ..model import TERMINAL_STATES
+from ..presets import PRESETS, X264_PRESETS
 from .client import ApiError, Client, TransportError
-from .model import TERMINAL_STATES
-from .presets import PRESETS, X264_PRESETS
 
 EXIT_JOB_NOT_COMPLETED = 1
 EXIT_USAGE = 2
@@ -545,7 +545,7 @@ def demo(
     """Start a local fleet, generate a 1080p clip with FFmpeg, transcode it with progress, stop."""
     import subprocess
 
-    from .media import make_clip
+    from ..media import make_clip
 
     fleet, _ = _start_fleet(port, slots, metrics_port, state_dir)
     try:

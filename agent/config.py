@@ -1,0 +1,28 @@
+"""The agent's configuration, in a module of its own so the agent and its metrics can both read
+it without importing each other."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class AgentConfig:
+    redis_url: str
+    name: str
+    slots: int
+    live_slots: int
+    metrics_host: str
+    metrics_port: int
+    heartbeat_interval: float
+    drain_timeout: float
+    input_roots: list[str]
+    output_roots: list[str]
+    work_dir: str
+    ffmpeg: str = "ffmpeg"
+    ffprobe: str = "ffprobe"
+    log_level: str = "info"
+    stall_after: float = 120.0
+    encoder_recheck: float = 600.0
+    log_dir: str | None = None
+    min_free_space: int = 256 * 1024 * 1024
