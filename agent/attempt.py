@@ -22,7 +22,7 @@ from ffrtmp import keys, lifecycle, timing
 from ffrtmp.lifecycle import Ending, Lease, Refused
 from ffrtmp.model import JobSpec, is_url
 from ffrtmp.redisconn import transport_retry, until_redis_answers
-from ffrtmp.rundir import RunDir
+from ffrtmp.rundir import RunDir, write_json_atomic
 
 from . import disk
 from .limits import apply_limits, systemd_run_path
@@ -236,6 +236,25 @@ class Attempt:
             self.rd.signal_ffmpeg(signal.SIGKILL)
             time.sleep(0.05)
 
+    def _record_supervisor_death(self) -> None:
+        """The supervisor could not write how the run ended: write it for the run directory's
+        readers, with the time FFmpeg was proven gone (never earlier than it really ended)."""
+        assert self.rd is not None
+        if self.rd.exit() is None:
+            gone = not self.rd.ffmpeg_alive()
+            write_json_atomic(
+                self.rd.file("exit.json"),
+                {
+                    "returncode": None,
+                    "signal": None,
+                    "time": time.time(),
+                    "supervisor_died": True,
+                    "ffmpeg_gone": gone,
+                },
+            )
+            if not gone:
+                self.log.error("FFmpeg of a dead supervisor would not die: %s", self.rd.path)
+
     def _poll_lease(self, ws: WatchState) -> bool:
         """Is a cancel pending? Raises ``Fenced`` when the lease moved, ``RedisLost`` when Redis
         stayed away past the orphan deadline (another attempt may then run after recovery)."""
@@ -316,6 +335,7 @@ class Attempt:
                 if exit_info is not None:
                     break
                 self._kill_run()  # FFmpeg dies with its supervisor; make sure before a retry
+                self._record_supervisor_death()
                 raise _Platform("runner_died", "the run supervisor died without an exit status")
             self._step(ws, plan)
             time.sleep(timing.POLL_S)

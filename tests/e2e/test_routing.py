@@ -16,15 +16,20 @@ SMALL = ["--scenario", "480p-h264", "--duration", "1", "--resolution", "320x240"
 def test_live_high_jumps_ahead_of_earlier_batch_low_and_fifo_holds(tmp_path):
     f = LocalFleet(tmp_path, slots=1)
     try:
+        # the blocker holds the only slot until every other job is queued (however slow the
+        # submissions are on a busy machine); then it is canceled and the slot picks by priority
         blocker = submit(
-            f, "--scenario", "live-4k", "--duration", "4", "--resolution", "320x240", "--queue", "default"
+            f, "--scenario", "live-4k", "--duration", "600", "--resolution", "320x240", "--queue", "default"
         )
         wait_state(f, blocker, "running")
         batch = [submit(f, *SMALL, "--queue", "batch", "--priority", "low") for _ in range(3)]
         live = submit(f, *SMALL, "--queue", "live", "--priority", "high")
+        assert all(f.cli_json("jobs", "status", j)["state"] == "queued" for j in [live, *batch])
+        f.cli("jobs", "cancel", blocker, check=True)
         order = [blocker, live, *batch]
         jobs = {j: wait_terminal(f, j) for j in order}
-        assert all(j["state"] == "completed" for j in jobs.values()), jobs
+        assert jobs[blocker]["state"] == "canceled"
+        assert all(jobs[j]["state"] == "completed" for j in order[1:]), jobs
         started = [jobs[j]["started_at"] for j in order]
         assert started == sorted(started), list(zip(order, started, strict=True))
         # one slot: each job started only after the previous one ended

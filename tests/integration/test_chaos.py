@@ -180,7 +180,7 @@ class Stack:
 def chaos(stack: Stack, stop: threading.Event, events: list[str]) -> None:
     rng = random.Random(SEED)
     t0 = time.monotonic()
-    did_coordinator = did_redis = False
+    did_coordinator = did_redis = did_long_freeze = False
     while not stop.is_set() and time.monotonic() - t0 < CHAOS_SECONDS:
         stop.wait(rng.uniform(4, 8))
         elapsed = time.monotonic() - t0
@@ -196,9 +196,12 @@ def chaos(stack: Stack, stop: threading.Event, events: list[str]) -> None:
             continue
         name = rng.choice(sorted(stack.agents))
         fault = rng.choice(["kill", "kill", "freeze", "supervisor"])
-        if fault == "freeze":
+        if not did_long_freeze and elapsed > 45:
+            fault, did_long_freeze = "long-freeze", True
+        if fault in ("freeze", "long-freeze"):
             frozen = stack.freeze_agent(name)
-            down = rng.choice([0.5, 2.0, 12.0])  # 12 s: past the execution TTL, so the job moves
+            # 12 s: past the execution TTL, so the frozen agent's jobs move on without it
+            down = 12.0 if fault == "long-freeze" else rng.choice([0.5, 2.0, 12.0])
             stop.wait(down)
             for p in frozen:
                 with contextlib.suppress(psutil.NoSuchProcess):
