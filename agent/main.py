@@ -183,7 +183,6 @@ class Agent:
                 # running jobs' executions are renewed every 1-2 s (see agent.task.execution_ttl)
                 "FFRTMP_JOB_MONITORING_INTERVAL": str(renewal_interval(self.cfg.heartbeat_interval)),
                 "FFRTMP_HEARTBEAT_INTERVAL": str(self.cfg.heartbeat_interval),
-                "FFRTMP_WITH_SCHEDULER": "1" if slot.index == 0 else "0",
                 "FFRTMP_LOG_LEVEL": self.cfg.log_level,
                 "FFRTMP_LOG_DIR": self.cfg.log_dir or "",
                 "FFRTMP_AGENT_PID": str(os.getpid()),

@@ -19,6 +19,7 @@ from .probe import nvidia_gpus
 
 if TYPE_CHECKING:
     from .config import AgentConfig
+    from .disk import RootSpace
 
 
 class AgentStatus(Protocol):
@@ -29,6 +30,7 @@ class AgentStatus(Protocol):
     info: dict[str, Any]
     last_heartbeat: float
     started_at: float
+    disk: list[RootSpace]
 
     def active_runs(self) -> list[dict[str, Any]]: ...
 
@@ -115,6 +117,14 @@ class AgentCollector:
             "Free fraction of the work dir's file system",
             a.disk_free_ratio(),
         )
+        full = GaugeMetricFamily(
+            "ffrtmp_agent_disk_full",
+            "1 while the work dir or this output root is too full to take jobs",
+            labels=["node", "path"],
+        )
+        for d in a.disk:
+            full.add_metric([node, d.path], 1 if d.full else 0)
+        yield full
         enc = GaugeMetricFamily(
             "ffrtmp_agent_encoder_up",
             "1 if the last test encode with this encoder passed",

@@ -49,10 +49,9 @@ def main() -> None:
     worker.heartbeat_interval = float(os.environ.get("FFRTMP_HEARTBEAT_INTERVAL", "30"))
     worker.node, worker.work_dir = ctx.node, ctx.work_dir
     logging.getLogger("ffrtmp.agent.slot").info("slot %s listening on %s", name, ",".join(queues))
-    worker.work(
-        with_scheduler=os.environ.get("FFRTMP_WITH_SCHEDULER") == "1",
-        logging_level=os.environ.get("FFRTMP_LOG_LEVEL", "info").upper(),
-    )
+    # No RQ scheduler: ffrtmp schedules nothing (requeues are immediate, through the lifecycle),
+    # and RQ runs its scheduler as a child process that would outlive a SIGKILLed slot.
+    worker.work(logging_level=os.environ.get("FFRTMP_LOG_LEVEL", "info").upper())
 
 
 if __name__ == "__main__":

@@ -9,7 +9,9 @@ bash scripts/setup.sh
 .venv/bin/ruff format --check .
 .venv/bin/yamllint -s .
 bash scripts/ansible-lint.sh
-.venv/bin/pytest -q -p no:cacheprovider "$@"
+# line and branch coverage of the three packages, subprocesses included (pyproject.toml)
+.venv/bin/pytest -q -p no:cacheprovider --cov --cov-report=term "$@"
+.venv/bin/python scripts/coverage_by_package.py
 if [ "${FFRTMP_SKIP_MOLECULE:-0}" != 1 ]; then
   bash scripts/molecule.sh
 fi

@@ -46,7 +46,7 @@ class Cluster:
                 "--heartbeat-interval",
                 HB,
                 "--scheduler-interval",
-                HB,
+                SCHEDULER,
                 "--max-retries",
                 "2",
             ],
