@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import signal
 import time
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ import redis
 from pydantic import ValidationError
 from rq.executions import Execution
 
-from ffrtmp import keys, lifecycle, timing
+from ffrtmp import lifecycle, timing
 from ffrtmp.lifecycle import Ending, Lease, Refused
 from ffrtmp.model import JobSpec, is_url
 from ffrtmp.redisconn import transport_retry, until_redis_answers
@@ -56,19 +57,21 @@ class WatchState:
     last_touch: float = 0.0
     last_renewal: float = 0.0
     started_seen: bool = False
-    redis_lost_at: float | None = None
+    held_at: float = 0.0  # wall clock of the last look that found the lease still ours
 
 
-def remove_stale_parts(plan: Plan, job_id: str) -> None:
+def remove_stale_parts(plan: Plan, job_id: str, attempt: int) -> None:
     """Temporary outputs of this job's earlier attempts are dead by construction (a run is
-    killed before its job is requeued): remove them so none is ever left behind."""
+    killed before its job is requeued): remove them so none is ever left behind. Only lower
+    attempt numbers: an attempt that woke up late never touches a newer one's output."""
     if not plan.tmp_output:
         return
     d = os.path.dirname(plan.tmp_output)
-    mine = os.path.basename(plan.tmp_output)
+    pattern = re.compile(rf"\.{re.escape(job_id)}-a(\d+)\.part")
     with contextlib.suppress(OSError):
         for name in os.listdir(d):
-            if name != mine and f".{job_id}-a" in name and ".part" in name:
+            m = pattern.search(name)
+            if m and int(m.group(1)) < attempt:
                 remove_path(os.path.join(d, name))
 
 
@@ -138,7 +141,12 @@ class Attempt:
             return
         text = self.rd.stderr_log(timing.LOG_TAIL_BYTES)
         with contextlib.suppress(redis.RedisError, OSError):
-            transport_retry()(self.conn.hset)(keys.logs_key(self.job.id), str(self.lease.attempt), text)
+            transport_retry()(lifecycle.save_logs)(self.conn, self.lease, text)
+
+    def abort(self) -> bool:
+        """Something went wrong inside the agent: kill what this attempt started and wait until
+        it is gone. True once proven (then a retry may run)."""
+        return self.rd is None or self.rd.kill_run(timing.STOP_WAIT_S)
 
     # --- the run --------------------------------------------------------------------------
     def run(self) -> None:
@@ -170,7 +178,7 @@ class Attempt:
         if self._start(plan):
             self._end(Ending("canceled", "canceled", "canceled before FFmpeg started"))
             return
-        remove_stale_parts(plan, self.job.id)
+        remove_stale_parts(plan, self.job.id, self.lease.attempt)
         self._note_input(spec, plan)
         self.runner_pid = spawn_detached(
             self.rd.path,
@@ -256,22 +264,34 @@ class Attempt:
                 self.log.error("FFmpeg of a dead supervisor would not die: %s", self.rd.path)
 
     def _poll_lease(self, ws: WatchState) -> bool:
-        """Is a cancel pending? Raises ``Fenced`` when the lease moved, ``RedisLost`` when Redis
-        stayed away past the orphan deadline (another attempt may then run after recovery)."""
+        """Is a cancel pending? Raises ``Fenced`` when the lease moved. A failed look changes
+        nothing here: ``_check_contact`` decides when too long has passed without one."""
         try:
             held, canceled = lifecycle.holds(self.conn, self.lease)
         except (redis.RedisError, OSError):
-            ws.redis_lost_at = ws.redis_lost_at or time.monotonic()
-            if time.monotonic() - ws.redis_lost_at > timing.orphan_deadline(self.ctx.heartbeat_interval):
-                raise RedisLost("Redis unreachable past the orphan deadline") from None
             return False
-        ws.redis_lost_at = None
         if not held:
             raise Fenced(f"the lease of attempt {self.lease.attempt} is gone")
+        ws.held_at = time.time()
         return canceled
 
+    def _check_contact(self, ws: WatchState) -> None:
+        """Past the orphan deadline since the lease was last seen ours (Redis away, or this
+        process frozen: the wall clock counts a freeze too), recovery may have given the job to
+        another attempt: stop, and stop claiming the run (no more owner touches)."""
+        if time.time() - ws.held_at <= timing.orphan_deadline(self.ctx.heartbeat_interval) - 1.0:
+            return
+        try:  # one last look: after a short freeze the lease may well still be ours
+            held, _ = lifecycle.holds(self.conn, self.lease)
+        except (redis.RedisError, OSError):
+            raise RedisLost("the lease could not be confirmed within the orphan deadline") from None
+        if not held:
+            raise Fenced(f"the lease of attempt {self.lease.attempt} is gone")
+        ws.held_at = time.time()
+
     def _renew_execution(self) -> None:
-        """What the dead worker did for an adopted run: keep its RQ execution alive."""
+        """Keep the attempt's RQ execution alive (what the worker does too; for an adopted run
+        the worker is dead)."""
         ttl = timing.execution_ttl(self.ctx.heartbeat_interval)
         ex = Execution(self.lease.execution, self.job.id, connection=self.conn)
         with contextlib.suppress(redis.RedisError, OSError), self.conn.pipeline() as pipe:
@@ -297,13 +317,12 @@ class Attempt:
         """One look at the run: ownership, progress, lease, cancel and timeout."""
         assert self.rd is not None
         now_wall, now = time.time(), time.monotonic()
+        self._check_contact(ws)  # before touching the owner file: a woken horse claims nothing
         if now_wall - ws.last_touch >= 1.0:
             self.rd.touch_owner()
             ws.last_touch = now_wall
-        if self.adopted and now_wall - ws.last_renewal >= timing.renewal_interval(
-            self.ctx.heartbeat_interval
-        ):
-            ws.last_renewal = now_wall
+        if now_wall - ws.last_renewal >= timing.renewal_interval(self.ctx.heartbeat_interval):
+            ws.last_renewal = now_wall  # the horse renews too: a stopped worker alone moves nothing
             self._renew_execution()
         if not ws.started_seen:
             ws.started_seen = self.rd.started() is not None
@@ -325,7 +344,7 @@ class Attempt:
 
     def _watch(self, plan: Plan) -> tuple[dict[str, Any], WatchState]:
         assert self.rd is not None
-        ws = WatchState(t0=time.monotonic() - max(0.0, time.time() - self.t_start))
+        ws = WatchState(t0=time.monotonic() - max(0.0, time.time() - self.t_start), held_at=time.time())
         while True:
             exit_info = self.rd.exit()
             if exit_info is not None:

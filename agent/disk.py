@@ -16,6 +16,8 @@ import shutil
 import time
 from dataclasses import dataclass
 
+from .pipeline import under_root
+
 MARKERS = "disk-full"
 MARKER_MAX_AGE_S = 30 * 60
 
@@ -39,15 +41,6 @@ def _free(path: str) -> tuple[int, int]:
         return int(u.free), int(u.total)
     except OSError:
         return 0, 0
-
-
-def root_of(path: str, roots: list[str]) -> str | None:
-    real = os.path.realpath(path)
-    for r in roots:
-        rr = os.path.realpath(r)
-        if real == rr or real.startswith(rr.rstrip("/") + "/"):
-            return r
-    return None
 
 
 def used_bytes(path: str) -> int:
@@ -101,7 +94,7 @@ def check(work_dir: str, output_roots: list[str], min_free_bytes: int) -> list[R
         elif free < min_free_bytes:
             why = f"only {free // (1024 * 1024)} MiB free (< {min_free_bytes // (1024 * 1024)} MiB)"
         for m in markers:
-            if root_of(m["path"], [path]) is None:
+            if under_root(m["path"], [path]) is None:
                 continue
             needed = m.get("needed_bytes") if isinstance(m.get("needed_bytes"), int) else 0
             fresh = time.time() - float(m.get("time") or 0) < MARKER_MAX_AGE_S

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -435,9 +436,27 @@ class Agent:
         return 0
 
 
+NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+
+
+def _node_name(value: str) -> str:
+    if not NODE_NAME.fullmatch(value):
+        raise click.BadParameter(
+            f"{value!r}: use 1-63 letters, digits, '.', '-' or '_', starting with a letter or digit"
+        )
+    return value
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @options.redis_url
-@click.option("--name", envvar="FFRTMP_NODE_NAME", default=socket.gethostname, show_default="host name")
+@click.option(
+    "--name",
+    envvar="FFRTMP_NODE_NAME",
+    default=socket.gethostname,
+    show_default="host name",
+    callback=lambda _c, _p, v: _node_name(v),
+    help="The node's name: letters, digits, '.', '-' and '_' (it is part of every lease token).",
+)
 @click.option("--slots", envvar="FFRTMP_SLOTS", type=click.IntRange(1, 256), default=2, show_default=True)
 @click.option(
     "--live-slots",

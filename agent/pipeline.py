@@ -89,7 +89,8 @@ _SVT_PRESETS = {
 PROBE_CODEC_NAMES = {"h264": "h264", "h265": "hevc", "vp9": "vp9", "av1": "av1"}
 
 
-def _under(path: str, roots: list[str]) -> str | None:
+def under_root(path: str, roots: list[str]) -> str | None:
+    """``path`` resolved (symlinks followed) if it lies under one of ``roots``, else None."""
     real = os.path.realpath(path)
     for root in roots:
         rroot = os.path.realpath(root)
@@ -104,7 +105,7 @@ def resolve_input(value: str, ctx: AgentContext) -> str:
         raise PlanError("input_root_missing", f"no input root is mounted on {ctx.node}", platform=True)
     candidates = [value] if value.startswith("/") else [os.path.join(r, value) for r in roots]
     for cand in candidates:
-        real = _under(cand, roots)
+        real = under_root(cand, roots)
         if real is None:
             if value.startswith("/"):
                 raise PlanError("input_outside_roots", f"input {value} is not under an input root")
@@ -128,10 +129,10 @@ def resolve_output(value: str | None, default_name: str, ctx: AgentContext) -> s
     probe = parent
     while not os.path.exists(probe):
         probe = os.path.dirname(probe)
-    if _under(probe, ctx.output_roots) is None:
+    if under_root(probe, ctx.output_roots) is None:
         raise PlanError("output_outside_roots", f"output {value} is not under an output root")
     os.makedirs(parent, exist_ok=True)
-    if _under(parent, ctx.output_roots) is None:
+    if under_root(parent, ctx.output_roots) is None:
         raise PlanError("output_outside_roots", f"output {value} is not under an output root")
     final = os.path.join(os.path.realpath(parent), os.path.basename(path.rstrip("/")))
     if os.path.islink(final):

@@ -74,7 +74,7 @@ def with_percent(progress: dict[str, Any], duration: float | None) -> dict[str, 
 
 def _pump_stderr(stream: Any, run_dir: str, tail: deque[str]) -> None:
     written = 0
-    with open(os.path.join(run_dir, "stderr.log"), "wb") as log:
+    with open(RunDir(run_dir).file("stderr.log"), "wb") as log:
         for raw in iter(stream.readline, b""):
             tail.append(raw.decode("utf-8", "replace").rstrip("\n"))
             if written < STDERR_CAP_BYTES:
@@ -147,7 +147,7 @@ def supervise(
         rd.touch_owner()
         threading.Thread(target=_watchdog, args=(proc, rd, orphan_after, state, wake), daemon=True).start()
     block: dict[str, str] = {}
-    progress_path = os.path.join(run_dir, "progress.json")
+    progress_path = RunDir(run_dir).file("progress.json")
     assert proc.stdout is not None
     for raw in iter(proc.stdout.readline, b""):
         line = raw.decode("utf-8", "replace").strip()
@@ -164,10 +164,10 @@ def supervise(
     t.join(timeout=5)
     if state["orphaned"] and tmp_output:
         remove_path(tmp_output)  # nobody will publish it: never leave a half file behind
-    with open(os.path.join(run_dir, "stderr.tail"), "w") as fh:
+    with open(RunDir(run_dir).file("stderr.tail"), "w") as fh:
         fh.write("\n".join(tail))
     write_json_atomic(
-        os.path.join(run_dir, "exit.json"),
+        RunDir(run_dir).file("exit.json"),
         {
             "returncode": rc,
             "signal": -rc if rc < 0 else None,
@@ -199,7 +199,7 @@ def spawn_detached(
     long as the caller watches it). ``run_dir`` must exist (``RunDir.create``). Returns the
     supervisor's pid."""
     write_json_atomic(
-        os.path.join(run_dir, "cmd.json"),
+        RunDir(run_dir).file("cmd.json"),
         {"argv": argv, "orphan_after": orphan_after, "tmp_output": tmp_output},
     )
     RunDir(run_dir).touch_owner()
@@ -208,8 +208,9 @@ def spawn_detached(
         return pid
     try:
         os.setsid()
+        write_json_atomic(RunDir(run_dir).file("supervisor.json"), {"pid": os.getpid(), "time": time.time()})
         devnull = os.open(os.devnull, os.O_RDWR)
-        log = os.open(os.path.join(run_dir, "runner.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        log = os.open(RunDir(run_dir).file("runner.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         os.dup2(devnull, 0)
         os.dup2(devnull, 1)
         os.dup2(log, 2)
@@ -226,9 +227,9 @@ def spawn_detached(
             supervise(run_dir, argv, env, orphan_after, tmp_output)
         except BaseException as exc:
             print(f"runner failed: {exc!r}", file=sys.stderr)
-            if read_json(os.path.join(run_dir, "exit.json")) is None:
+            if read_json(RunDir(run_dir).file("exit.json")) is None:
                 write_json_atomic(
-                    os.path.join(run_dir, "exit.json"),
+                    RunDir(run_dir).file("exit.json"),
                     {"returncode": 127, "signal": None, "time": time.time(), "runner_error": repr(exc)},
                 )
             code = 1

@@ -29,14 +29,16 @@ def run_job(spec: dict[str, Any]) -> None:
     lease = Lease.parse(job.id, (job.meta or {}).get("lease"))
     if lease is None:
         raise RuntimeError(f"job {job.id} has no lease: it must be claimed by an ffrtmp worker")
+    attempt = Attempt(job, lease, spec, load_context())
     try:
-        Attempt(job, lease, spec, load_context()).run()
+        attempt.run()
     except Fenced as exc:
         log.warning("job %s attempt %d fenced: %s", job.id, lease.attempt, exc, extra={"job": job.id})
     except Exception as exc:  # a bug here must not leave the job running forever
         log.exception("job %s attempt %d failed inside the agent", job.id, lease.attempt)
-        with contextlib.suppress(Refused, redis.RedisError, OSError):
-            lifecycle.platform_failure(job.connection, lease, "agent_error", repr(exc)[:500])
+        if attempt.abort():  # a retry may run only once this attempt's FFmpeg is gone
+            with contextlib.suppress(Refused, redis.RedisError, OSError):
+                lifecycle.platform_failure(job.connection, lease, "agent_error", repr(exc)[:500])
     # The lifecycle has recorded everything: leave before RQ writes its own view of the end.
     logging.shutdown()
     os._exit(0)

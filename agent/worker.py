@@ -4,8 +4,9 @@ an end twice, or wakes from a freeze after recovery moved the job on, changes no
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import signal
+import os
 import time
 from typing import Any
 
@@ -15,8 +16,9 @@ from rq.utils import now as rq_now
 from rq.worker import WorkerStatus
 
 from ffrtmp import lifecycle, timing
-from ffrtmp.lifecycle import Lease, Refused
-from ffrtmp.pdeath import set_pdeathsig
+from ffrtmp.lifecycle import Ending, Lease, Refused, meta_float
+from ffrtmp.pdeath import die_with
+from ffrtmp.rqjob import UnsafeJobError
 from ffrtmp.rundir import RunDir
 
 log = logging.getLogger("ffrtmp.agent.worker")
@@ -27,6 +29,8 @@ class FleetWorker(Worker):
     node: str = ""
     work_dir: str = ""
     _lease: Lease | None = None
+    _raised: BaseException | None = None
+    _worker_pid: int = 0
 
     def get_heartbeat_ttl(self, job: Any, working_time: float = 0.0) -> int:
         """RQ adds a fixed 60 s to the monitoring interval; ffrtmp derives the execution TTL from
@@ -40,7 +44,7 @@ class FleetWorker(Worker):
         if self._defer(job, queue, meta):
             return
         execution = self.prepare_execution(job)
-        ttl = timing.lease_ttl(float(meta.get("timeout") or 6 * 3600), float(meta.get("cancel_grace") or 30))
+        ttl = timing.lease_ttl(meta_float(meta, "timeout", 6 * 3600), meta_float(meta, "cancel_grace", 30))
         claimed = lifecycle.claim(self.connection, job.id, execution.id, self.node, self.name, ttl)
         if claimed is None:
             with self.connection.pipeline() as pipe:
@@ -50,6 +54,7 @@ class FleetWorker(Worker):
             self.set_state(WorkerStatus.IDLE)
             return
         self._lease, job.meta = claimed
+        self._worker_pid = os.getpid()
         self.fork_work_horse(job, queue)
         self.monitor_work_horse(job, queue, execution)
         self._lease = None
@@ -67,6 +72,12 @@ class FleetWorker(Worker):
         queue.push_job_id(job.id, at_front=True)
         time.sleep(1.0)
         return True
+
+    def prepare_job_execution(self, job: Any, remove_from_intermediate_queue: bool = False) -> None:
+        """RQ writes the job's status, start time and worker here, unfenced, in the horse;
+        ffrtmp's lifecycle writes them in ``started``, under the lease. Only the worker's own
+        heartbeat is left to do."""
+        self.heartbeat(self.get_heartbeat_ttl(job))
 
     def maintain_heartbeats(self, job: Any, execution: Any) -> None:
         """A stock worker dies when Redis blips during this heartbeat, and its horse (and job)
@@ -97,7 +108,13 @@ class FleetWorker(Worker):
         lease = self._lease
         if lease is None:
             return
-        self._stop_run(lease)
+        if isinstance(self._raised, UnsafeJobError):  # not ours to run: refused, never retried
+            with contextlib.suppress(Refused, redis.RedisError, OSError):
+                lifecycle.finish(self.connection, lease, Ending("rejected", "unsafe_job", str(self._raised)))
+            return
+        if not self._stop_run(lease):
+            self.log.error("job %s: its run could not be proven stopped; left to recovery", job.id)
+            return  # its execution expires after the run's orphan deadline: recovery requeues it
         try:
             lifecycle.platform_failure(
                 self.connection, lease, "horse_died", exc_string.strip()[-300:] or "died"
@@ -107,17 +124,20 @@ class FleetWorker(Worker):
         except (redis.RedisError, OSError) as exc:
             self.log.warning("job %s: could not report its horse's death (%s); recovery will", job.id, exc)
 
-    def _stop_run(self, lease: Lease) -> None:
-        """Kill this attempt's FFmpeg, if it started one, and wait until it is gone."""
+    def _stop_run(self, lease: Lease) -> bool:
+        """Kill what this attempt started (its supervisor's whole session, FFmpeg included) and
+        wait until it is gone. False when that cannot be proven."""
         if not self.work_dir:
-            return
+            return False
         for rd in RunDir.all(self.work_dir):
-            if rd.token != lease.token:
-                continue
-            deadline = time.monotonic() + timing.STOP_WAIT_S
-            while rd.ffmpeg_alive() and time.monotonic() < deadline:
-                rd.signal_ffmpeg(signal.SIGKILL)
-                time.sleep(0.05)
+            if rd.token == lease.token:
+                return rd.kill_run(timing.STOP_WAIT_S)
+        return True  # no run directory: the attempt never started a run
+
+    def handle_exception(self, job: Any, *exc_info: Any) -> None:
+        """Remember what the job function raised (RQ calls this just before handle_job_failure)."""
+        self._raised = exc_info[1] if len(exc_info) > 1 else None
+        super().handle_exception(job, *exc_info)
 
     def clean_registries(self) -> None:
         """The coordinator's recovery loop owns the registries (fenced, per job); a stock
@@ -126,4 +146,4 @@ class FleetWorker(Worker):
 
     def setup_work_horse_signals(self) -> None:
         super().setup_work_horse_signals()
-        set_pdeathsig(signal.SIGKILL)  # a horse never outlives its worker (no duplicate run)
+        die_with(self._worker_pid or os.getppid())  # a horse never outlives its worker

@@ -71,6 +71,7 @@ class Recovery:
         self._run_id: str | None = None
         self._last_ok: float | None = None
         self._failing_since: float | None = None
+        self.hold_until = 0.0  # expired executions are left alone until then
         self.errors = 0  # records skipped because handling them raised
 
     def lease_ms(self) -> int:
@@ -91,12 +92,19 @@ class Recovery:
 
     # --- Redis outages ---------------------------------------------------------------------
     def _note_redis(self, now: float) -> None:
-        """Notice a Redis restart (its run id changed) as an outage since the last good tick."""
+        """The first Redis call of a tick: notice that Redis was out of reach (earlier ticks
+        failed) or restarted (its run id changed) since the last good tick, and hold off."""
         run_id = self.conn.info("server").get("run_id")
-        if self._run_id is not None and run_id != self._run_id:
-            self.outage = Outage(self._last_ok or now, now)
-            log.warning("Redis restarted: holding off recovery for %.0fs", self.hold_s())
+        since = None
+        if self._failing_since is not None:
+            since, self._failing_since = self._failing_since, None
+        elif self._run_id is not None and run_id != self._run_id:
+            since = self._last_ok or now
         self._run_id = run_id
+        if since is not None:
+            self.outage = Outage(since, now)
+            self.hold_until = now + self.hold_s()
+            log.warning("Redis was unreachable or restarted: holding off recovery for %.0fs", self.hold_s())
 
     def hold_s(self) -> float:
         """How long after an outage expired executions are left for their workers to renew."""
@@ -139,7 +147,7 @@ class Recovery:
                 log.exception("recovery: could not settle expired execution %s; skipped", entry)
                 self.errors += 1
                 continue
-            if what != "stale":
+            if what in ("requeued", "failed"):
                 log.warning("job %s: its attempt stopped renewing; %s", job_id, what, extra={"job": job_id})
                 done.append(job_id)
         return done
@@ -152,7 +160,8 @@ class Recovery:
         now = now or time.time()
         grace = max(10.0, 2 * self.cfg.heartbeat_interval)
         candidates = [
-            c.decode() for c in self.conn.zrangebyscore(keys.PENDING, "-inf", now - grace, start=0, num=500)
+            c.decode(errors="replace")
+            for c in self.conn.zrangebyscore(keys.PENDING, "-inf", now - grace, start=0, num=500)
         ]
         requeued = []
         for jid in candidates:
@@ -208,12 +217,15 @@ class Recovery:
 
     def tick(self) -> int:
         """One recovery pass; returns the number of queues cleaned."""
-        if not self.acquire():
-            return 0
         now = time.time()
         self._note_redis(now)
+        was_leader = self.is_leader
+        if not self.acquire():
+            return 0
+        if not was_leader:  # it cannot know what happened before: workers renew first
+            self.hold_until = max(self.hold_until, now + self.hold_s())
         self.sweep_lost(now)
-        held = self.outage is not None and now < self.outage.until + self.hold_s()
+        held = now < self.hold_until
         cleaned = 0
         for name in ALL_QUEUES:
             if held:
@@ -233,10 +245,6 @@ class Recovery:
         while True:
             try:
                 await asyncio.to_thread(self.tick)
-                if self._failing_since is not None:
-                    self.outage = Outage(self._failing_since, time.time())
-                    log.warning("Redis is back: holding off recovery for %.0fs", self.hold_s())
-                    self._failing_since = None
             except (redis.RedisError, OSError) as exc:
                 if self._failing_since is None:
                     self._failing_since = self._last_ok or time.time()

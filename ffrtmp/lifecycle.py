@@ -81,7 +81,7 @@ class Lease:
             return None
         text = raw.decode(errors="replace") if isinstance(raw, bytes) else raw
         parts = text.split("|")
-        if len(parts) != 4 or not parts[0].isdigit():
+        if len(parts) != 4 or not (parts[0].isascii() and parts[0].isdecimal()):
             return None
         return cls(job_id, int(parts[0]), parts[1], parts[2], parts[3])
 
@@ -116,10 +116,26 @@ def state_of(job: SafeJob, meta: dict[str, Any]) -> str:
     return QUEUED
 
 
+def _meta(job: SafeJob) -> dict[str, Any]:
+    """A copy of the job's meta as far as it can be read: RQ keeps undecodable meta under
+    "unserialized", which is dropped (the lifecycle rewrites what it needs)."""
+    meta = job.meta if isinstance(job.meta, dict) else {}
+    return {k: v for k, v in meta.items() if k != "unserialized"}
+
+
 def meta_int(meta: dict[str, Any], key: str, default: int) -> int:
     """An integer from a job's meta, which is untrusted: anything else reads as ``default``."""
     value = meta.get(key)
     return value if isinstance(value, int) and not isinstance(value, bool) else default
+
+
+def meta_float(meta: dict[str, Any], key: str, default: float) -> float:
+    """A number from a job's meta (untrusted): anything but a finite positive one reads as
+    ``default``."""
+    value = meta.get(key)
+    if isinstance(value, int | float) and not isinstance(value, bool) and 0 < value < float("inf"):
+        return float(value)
+    return default
 
 
 def _counter(raw: bytes | None) -> int:
@@ -160,16 +176,19 @@ def _count_fenced(conn: redis.Redis, transition: str) -> None:
 
 
 def _transact(
-    conn: redis.Redis, job_id: str, body: Callable[[Pipeline, SafeJob | None, bytes | None], Any]
+    conn: redis.Redis,
+    job_id: str,
+    body: Callable[[Pipeline, SafeJob | None, bytes | None], Any],
+    also_watch: tuple[str, ...] = (),
 ) -> Any:
-    """Run ``body(pipe, job, raw_lease)`` with the job and its lease watched; ``body`` reads
-    what it needs, calls ``pipe.multi()`` and queues its writes (or raises ``Refused``). A
-    concurrent change to the job or its lease aborts the transaction and runs ``body`` again on
-    what Redis holds now."""
+    """Run ``body(pipe, job, raw_lease)`` with the job and its lease (and ``also_watch``)
+    watched; ``body`` reads what it needs, calls ``pipe.multi()`` and queues its writes (or
+    raises ``Refused``). A concurrent change to any watched key aborts the transaction and runs
+    ``body`` again on what Redis holds now."""
     while True:
         with conn.pipeline() as pipe:
             try:
-                pipe.watch(SafeJob.key_for(job_id), keys.lease_key(job_id))
+                pipe.watch(SafeJob.key_for(job_id), keys.lease_key(job_id), *also_watch)
                 raw_lease = pipe.get(keys.lease_key(job_id))
                 job = fetch_job(conn, job_id)
                 out = body(pipe, job, raw_lease)
@@ -198,7 +217,7 @@ def _fenced(conn: redis.Redis, lease: Lease, transition: str, write: Callable[..
 
     def body(pipe: Pipeline, job: SafeJob | None, raw: bytes | None) -> Any:
         job = _check_lease(job, raw, lease, transition)
-        return write(pipe, job, dict(job.meta or {}))
+        return write(pipe, job, _meta(job))
 
     try:
         return _transact(conn, lease.job_id, body)
@@ -224,7 +243,7 @@ def claim(
     def body(pipe: Pipeline, job: SafeJob | None, raw: bytes | None) -> tuple[Lease, dict[str, Any]] | None:
         if job is None:
             return None
-        meta = dict(job.meta or {})
+        meta = _meta(job)
         state = state_of(job, meta)
         if raw is not None or state not in (QUEUED, RETRYING):
             why = f"leased to {raw.decode(errors='replace')}" if raw else f"it is {state}"
@@ -268,6 +287,8 @@ def started(conn: redis.Redis, lease: Lease, fields: dict[str, Any], tier: str, 
         canceled = bool(pipe.exists(keys.cancel_key(job.id)))
         meta.update(fields)
         pipe.multi()
+        job.prepare_for_execution(lease.slot, pipe)  # what RQ's horse would write, fenced here
+        pipe.persist(job.key)
         _save_meta(pipe, job, meta)
         pipe.zrem(keys.PENDING, job.id)
         pipe.hdel(keys.LOST_SUSPECTS, job.id)
@@ -303,6 +324,21 @@ def progress(conn: redis.Redis, lease: Lease, data: dict[str, Any]) -> bool:
         keys.PROGRESS_TTL_S,
     )
     return bool(ok)
+
+
+_LOGS = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  redis.call('hset', KEYS[2], ARGV[2], ARGV[3])
+  return 1
+end
+return 0
+"""
+
+
+def save_logs(conn: redis.Redis, lease: Lease, text: str) -> bool:
+    """Keep the attempt's FFmpeg stderr tail; only while it holds its lease."""
+    lk, gk = keys.lease_key(lease.job_id), keys.logs_key(lease.job_id)
+    return bool(conn.eval(_LOGS, 2, lk, gk, lease.token, str(lease.attempt), text))
 
 
 def holds(conn: redis.Redis, lease: Lease) -> tuple[bool, bool]:
@@ -418,6 +454,15 @@ def finish(conn: redis.Redis, lease: Lease, end: Ending) -> None:
     _fenced(conn, lease, f"finish_{end.outcome}", write)
 
 
+def _enqueue(pipe: Pipeline, job: SafeJob) -> None:
+    """Put the job back in its queue inside the caller's MULTI: RQ's enqueue bookkeeping
+    (status, enqueue time, the whole hash with its meta) and the push, nothing that reads."""
+    job.enqueued_at = datetime.now(UTC)
+    job.set_status(JobStatus.QUEUED, pipeline=pipe)
+    job.save(pipeline=pipe)
+    rq_queue(job.origin, job.connection).push_job_id(job.id, pipeline=pipe)
+
+
 def _requeue(
     pipe: Pipeline,
     job: SafeJob,
@@ -436,7 +481,7 @@ def _requeue(
     job.meta = meta
     _close_execution(pipe, job, execution_id)
     pipe.delete(keys.lease_key(job.id), keys.progress_key(job.id))
-    rq_queue(job.origin, job.connection).enqueue_job(job, pipeline=pipe)  # saves meta too
+    _enqueue(pipe, job)  # saves meta too
     pipe.rpush(
         keys.history_key(job.id),
         history_entry(frm, RETRYING, reason, node, attempt),
@@ -501,24 +546,31 @@ def abandon(
     execution (a fenced horse's, a refused claim's) is only removed from RQ's registry.
     Returns what was done: 'requeued', 'failed' or 'stale'."""
 
+    member = f"{job_id}:{execution_id}"
+
     def body(pipe: Pipeline, job: SafeJob | None, raw: bytes | None) -> str:
+        score = pipe.zscore(registry_key, member)
+        if score is None or score > time.time():
+            return "renewed"  # its worker renewed it after all (a thaw, a slow tick)
         lease = Lease.parse(job_id, raw)
-        if job is not None and raw is None and state_of(job, job.meta or {}) == RUNNING:
+        if job is not None and raw is None and state_of(job, _meta(job)) == RUNNING:
             # the lease key itself is gone (lost with a Redis restart, expired): the attempt
             # the job's own record names is the current one
-            lease = Lease.parse(job_id, (job.meta or {}).get("lease"))
+            lease = Lease.parse(job_id, _meta(job).get("lease"))
         if job is None or lease is None or lease.execution != execution_id:
+            if job is None and pipe.exists(SafeJob.key_for(job_id)):
+                raise Refused(f"job {job_id} cannot be read; its expired execution is kept")
             pipe.multi()
             if job is not None:
                 _close_execution(pipe, job, execution_id)
-            pipe.zrem(registry_key, f"{job_id}:{execution_id}")
+            pipe.zrem(registry_key, member)
             return "stale"
-        meta = dict(job.meta or {})
+        meta = _meta(job)
         reason = reason_for(lease)
         msg = f"attempt {lease.attempt} on {lease.node} stopped renewing its execution ({reason})"
         return _platform(pipe, job, meta, reason, msg, lease.node, execution_id)
 
-    return str(_transact(conn, job_id, body))
+    return str(_transact(conn, job_id, body, also_watch=(registry_key,)))
 
 
 def requeue_lost(conn: redis.Redis, job_id: str) -> bool:
@@ -528,7 +580,7 @@ def requeue_lost(conn: redis.Redis, job_id: str) -> bool:
     def body(pipe: Pipeline, job: SafeJob | None, raw: bytes | None) -> bool:
         if job is None or raw is not None:
             return False
-        meta = dict(job.meta or {})
+        meta = _meta(job)
         if state_of(job, meta) not in (QUEUED, RETRYING):
             return False
         q = rq_queue(job.origin, conn)
@@ -556,7 +608,7 @@ def cancel(conn: redis.Redis, job_id: str, requested_by: str) -> str:
     def body(pipe: Pipeline, job: SafeJob | None, raw: bytes | None) -> str:
         if job is None:
             return "missing"
-        meta = dict(job.meta or {})
+        meta = _meta(job)
         state = state_of(job, meta)
         if state in TERMINAL:
             return "terminal"
@@ -579,7 +631,7 @@ def retry(conn: redis.Redis, job_id: str, requested_by: str) -> str:
     def body(pipe: Pipeline, job: SafeJob | None, raw: bytes | None) -> str:
         if job is None:
             return "missing"
-        meta = dict(job.meta or {})
+        meta = _meta(job)
         state = state_of(job, meta)
         if state not in RETRYABLE or raw is not None:
             return "not_retryable"
@@ -602,7 +654,7 @@ def retry(conn: redis.Redis, job_id: str, requested_by: str) -> str:
         CanceledJobRegistry(job.origin, connection=conn).remove(job, pipeline=pipe)
         pipe.delete(keys.cancel_key(job_id))
         pipe.persist(job.key)
-        rq_queue(job.origin, conn).enqueue_job(job, pipeline=pipe)
+        _enqueue(pipe, job)
         pipe.zadd(keys.PENDING, {job_id: time.time()})
         pipe.rpush(
             keys.history_key(job_id), history_entry(state, QUEUED, f"retried by {requested_by}", None, base)

@@ -65,7 +65,7 @@ def transport_retry(
     )
 
 
-def until_redis_answers(within_s: float, cap: float = 5.0) -> Callable[[Callable[..., T]], Callable[..., T]]:
+def until_redis_answers(within_s: float, cap: float = 2.0) -> Callable[[Callable[..., T]], Callable[..., T]]:
     """Retry a write that must not be lost (an attempt's outcome) through a Redis outage, for
     up to ``within_s`` seconds, backing off to ``cap`` between tries."""
     return retry(

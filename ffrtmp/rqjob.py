@@ -34,6 +34,20 @@ class SafeJob(Job):
             raise UnsafeJobError(f"job {self.id} names a bound method; only plain functions are allowed")
         return super().func
 
+    # RQ imports and calls a job's callbacks by the names stored in Redis. ffrtmp uses none, so
+    # a job never has one, whatever its hash says: nothing is imported, nothing is called.
+    @property
+    def success_callback(self) -> None:  # type: ignore[override]
+        return None
+
+    @property
+    def failure_callback(self) -> None:  # type: ignore[override]
+        return None
+
+    @property
+    def stopped_callback(self) -> None:  # type: ignore[override]
+        return None
+
 
 @lru_cache(maxsize=512)
 def rq_queue(name: str, conn: redis.Redis) -> Queue:
@@ -43,9 +57,13 @@ def rq_queue(name: str, conn: redis.Redis) -> Queue:
 
 
 def fetch_job(conn: redis.Redis, job_id: str) -> SafeJob | None:
+    """The job, or None if there is none or its hash cannot be read as an RQ job. A Redis error
+    is raised, never read as "no such job"."""
     try:
         return SafeJob.fetch(job_id, connection=conn, serializer=SERIALIZER)
-    except Exception:  # NoSuchJobError, or a hash that is not an RQ job
+    except redis.RedisError:
+        raise
+    except Exception:  # NoSuchJobError, or a hash that is not an RQ job (untrusted data)
         return None
 
 

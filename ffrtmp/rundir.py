@@ -174,6 +174,37 @@ class RunDir:
         st = self.started()
         return st is not None and process_alive(int(st["ffmpeg_pid"]), float(st["time"]))
 
+    def supervisor(self) -> dict[str, Any] | None:
+        """{"pid", "time"} written by the supervisor itself, first thing after it forked."""
+        data = read_json(self.file("supervisor.json"))
+        try:
+            if data is not None:
+                int(data["pid"]), float(data["time"])
+                return data
+        except (KeyError, TypeError, ValueError):
+            pass
+        return None
+
+    def kill_run(self, wait_s: float) -> bool:
+        """SIGKILL the supervisor's session (FFmpeg is in it, and dies with the supervisor in
+        any case) and wait until both are gone. True once that is proven; a run that never
+        got as far as forking its supervisor is waited for up to ``wait_s`` too."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            sup = self.supervisor()
+            if sup is None and not os.path.exists(self.file("cmd.json")):
+                return True  # the supervisor was never started
+            sup_alive = sup is not None and process_alive(int(sup["pid"]), float(sup["time"]))
+            if sup is not None and not sup_alive and not self.ffmpeg_alive():
+                return True
+            if sup_alive:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(int(sup["pid"]), 9)
+            self.signal_ffmpeg(9)
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+
     def is_live(self) -> bool:
         return self.exit() is None and self.runner_alive()
 

@@ -268,3 +268,18 @@ def test_ffprobe_agrees_with_a_completed_frozen_job(cluster, conn):
     assert v["state"] == "completed" and v["attempts"] == 1, v
     info = ffprobe(cluster.outputs / "pause.ts")
     assert abs(float(info["format"]["duration"]) - 4) < 1.5
+
+
+def test_an_input_that_changes_during_the_run_fails_input_changed(cluster, conn):
+    cluster.start_agent("i1")
+    make_clip(cluster.inputs / "moving.mp4", seconds=6, size="160x120")
+    spec = validate_spec(
+        {"scenario": "live-4k", "input": "moving.mp4", "resolution": "64x64", "output": "moving.ts"}
+    )
+    job_id = submit(conn, spec, SubmitDefaults())["id"]
+    wait_view(conn, job_id, running_with_frames)
+    with open(cluster.inputs / "moving.mp4", "ab") as fh:  # someone rewrites the file being read
+        fh.write(b"\0" * 1024)
+    v = wait_view(conn, job_id, lambda v: v["state"] in TERMINAL, timeout=60)
+    assert v["state"] == "failed" and v["error"]["reason"] == "input_changed" and v["attempts"] == 1, v
+    assert not (cluster.outputs / "moving.ts").exists() and not list(cluster.outputs.glob(".moving.*"))

@@ -4,6 +4,7 @@ fenced by the attempt's lease, so late, duplicate and stale writers change nothi
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 
 import pytest
@@ -39,6 +40,7 @@ def _worker(conn, name: str):
         prepare_for_work=False,
     )
     w.node = name.split(".")[0]
+    w.work_dir = tempfile.mkdtemp(prefix="ffr-test-work-")
     return w
 
 
@@ -86,6 +88,9 @@ def test_every_write_of_an_attempt_that_lost_its_lease_is_refused(conn):
     old, old_exec = _pop_and_claim(conn, jid, "n1.s0")
     lifecycle.started(conn, old, {}, "default", 0)
     reg = rq_queue(Q, conn).started_job_registry.key
+    member = f"{jid}:{old_exec.id}"
+    assert lifecycle.abandon(conn, jid, old_exec.id, reg, lambda _l: "node_lost") == "renewed"  # not expired
+    conn.zadd(reg, {member: time.time() - 1})
     assert lifecycle.abandon(conn, jid, old_exec.id, reg, lambda _l: "node_lost") == "requeued"
     new, _ = _pop_and_claim(conn, jid, "n2.s0")
     assert new.attempt == old.attempt + 1
@@ -102,7 +107,7 @@ def test_every_write_of_an_attempt_that_lost_its_lease_is_refused(conn):
     assert int(conn.hget(keys.FENCED, "finish_completed")) == 1
     assert rq_queue(Q, conn).count == 0  # requeued once, popped once: in no queue now
     # the late abandon of the old execution (its entry came back) only removes that entry
-    conn.zadd(reg, {f"{jid}:{old_exec.id}": time.time() - 1})
+    conn.zadd(reg, {member: time.time() - 1})
     assert lifecycle.abandon(conn, jid, old_exec.id, reg, lambda _l: "node_lost") == "stale"
     assert get_view(conn, jid)["state"] == "running"
 
@@ -178,9 +183,29 @@ def test_requeue_lost_only_for_an_unleased_job_in_no_queue(conn):
     assert lifecycle.requeue_lost(conn, jid) is False  # leased: abandon's business
 
 
-def test_a_recovery_pass_skips_a_broken_record_and_settles_the_others(conn, monkeypatch):
+def _leader(conn) -> Recovery:
+    """A recovery loop that already holds the leader lease (a new leader first holds off)."""
     cfg = CoordinatorConfig(redis_url="", keys=KeyRing([]), defaults=SubmitDefaults(), heartbeat_interval=1)
     rec = Recovery(conn, cfg, node_id="test")
+    assert rec.acquire()
+    return rec
+
+
+def test_a_new_leader_holds_off_before_calling_anything_dead(conn):
+    cfg = CoordinatorConfig(redis_url="", keys=KeyRing([]), defaults=SubmitDefaults(), heartbeat_interval=1)
+    rec = Recovery(conn, cfg, node_id="test")
+    jid = _submit(conn)
+    _pop_and_claim(conn, jid, "n1.s0")
+    reg = rq_queue(Q, conn).started_job_registry.key
+    conn.zadd(reg, {m: time.time() - 1 for m in conn.zrange(reg, 0, -1)})
+    assert rec.tick() == 0 and get_view(conn, jid)["state"] == "running"
+    rec.hold_until = 0
+    rec.tick()
+    assert get_view(conn, jid)["state"] == "queued"
+
+
+def test_a_recovery_pass_skips_a_broken_record_and_settles_the_others(conn, monkeypatch):
+    rec = _leader(conn)
     good, broken, odd = _submit(conn), _submit(conn), _submit(conn)
     lease_good, _ = _pop_and_claim(conn, good, "dead.s0")
     _pop_and_claim(conn, broken, "dead.s1")
@@ -212,18 +237,45 @@ def test_a_recovery_pass_skips_a_broken_record_and_settles_the_others(conn, monk
 
 
 def test_recovery_after_a_redis_outage_waits_then_says_redis_outage(conn):
-    cfg = CoordinatorConfig(redis_url="", keys=KeyRing([]), defaults=SubmitDefaults(), heartbeat_interval=1)
-    rec = Recovery(conn, cfg, node_id="test")
+    from coordinator.recovery import Outage
+
+    rec = _leader(conn)
     jid = _submit(conn)
     _pop_and_claim(conn, jid, "n1.s0")
     conn.zadd(keys.NODES_INDEX, {"n1": time.time()})  # the node itself is alive
     reg = rq_queue(Q, conn).started_job_registry.key
-    rec.outage = __import__("coordinator.recovery", fromlist=["Outage"]).Outage(time.time() - 30, time.time())
+    rec._failing_since = time.time() - 30  # its ticks failed for 30 s: Redis was away
     conn.zadd(reg, {m: time.time() - 1 for m in conn.zrange(reg, 0, -1)})
     rec.tick()
     assert get_view(conn, jid)["state"] == "running"  # held off: its worker may renew it yet
-    rec.outage.until -= rec.hold_s() + 1
-    rec.outage.since -= rec.hold_s() + 1
+    assert isinstance(rec.outage, Outage) and rec.hold_until > time.time()
+    rec.hold_until = 0
     rec.tick()
     v = get_view(conn, jid)
     assert v["state"] == "queued" and v["history"][-2]["reason"] == "redis_outage"
+
+
+def test_untrusted_job_records_neither_wedge_nor_vanish(conn):
+    reg = rq_queue(Q, conn).started_job_registry.key
+    garbled, broken = _submit(conn), _submit(conn)
+    _, ex1 = _pop_and_claim(conn, garbled, "dead.s0")
+    _, ex2 = _pop_and_claim(conn, broken, "dead.s1")
+    conn.hset(SafeJob.key_for(garbled), "meta", b"\xff not json")  # meta RQ cannot decode
+    conn.hset(SafeJob.key_for(broken), "created_at", b"garbage")  # a hash RQ cannot read at all
+    conn.zadd(reg, {f"{garbled}:{ex1.id}": time.time() - 1, f"{broken}:{ex2.id}": time.time() - 1})
+    # meta is ffrtmp's own record: rebuilt from the lease, the job requeued
+    assert lifecycle.abandon(conn, garbled, ex1.id, reg, lambda _l: "node_lost") == "requeued"
+    assert fetch_job(conn, garbled).meta["state"] == "queued"
+    with pytest.raises(Refused):  # unreadable: kept for a person to look at, not dropped
+        lifecycle.abandon(conn, broken, ex2.id, reg, lambda _l: "node_lost")
+    assert conn.zscore(reg, f"{broken}:{ex2.id}") is not None
+
+
+def test_rq_status_is_written_by_the_fenced_start_only(conn):
+    jid = _submit(conn)
+    lease, _ = _pop_and_claim(conn, jid)
+    assert fetch_job(conn, jid).get_status() == JobStatus.QUEUED  # claimed, not started
+    lifecycle.started(conn, lease, {}, "default", 0)
+    job = fetch_job(conn, jid)
+    assert job.get_status() == JobStatus.STARTED and job.worker_name == lease.slot
+    assert conn.ttl(SafeJob.key_for(jid)) == -1

@@ -1,5 +1,6 @@
 """Whoever can write to Redis must not be able to run code on an agent."""
 
+import json
 import time
 
 import pytest
@@ -25,6 +26,24 @@ def test_jobs_naming_other_functions_never_run(fleet, tmp_path, serializer):
     time.sleep(0.5)
     assert not marker.exists()
     assert conn.hget(f"rq:job:{job.id}", "status") == b"failed"
-    # the agent is still healthy and still runs real work
-    res = fleet.cli("jobs", "submit", "--scenario", "480p-h264", "--duration", "1", "--wait", timeout=120)
-    assert res.returncode == 0, res.stderr
+    if serializer is JSONSerializer:  # readable: refused for what it is, never retried
+        meta = json.loads(conn.hget(f"rq:job:{job.id}", "meta"))
+        assert meta["state"] == "rejected" and meta["error"]["reason"] == "unsafe_job", meta
+
+
+def test_callbacks_named_in_redis_are_never_imported_or_called(fleet):
+    """RQ imports a job's failure callback by the name its hash holds and calls it with the job
+    and the Redis connection; an agent must not."""
+    from rq import Callback
+
+    conn = redis.Redis(unix_socket_path=str(fleet.state / "redis" / "redis.sock"))
+    q = Queue("default.medium", connection=conn, serializer=JSONSerializer)
+    job = q.enqueue("os.getcwd", on_failure=Callback("builtins.print"), retry=None)
+    assert conn.hget(f"rq:job:{job.id}", "failure_callback_name") == b"builtins.print"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and conn.hget(f"rq:job:{job.id}", "status") != b"failed":
+        time.sleep(0.2)
+    assert conn.hget(f"rq:job:{job.id}", "status") == b"failed"
+    time.sleep(0.5)
+    printed = [ln for ln in (fleet.tmp / "up.log").read_text(errors="replace").splitlines() if job.id in ln]
+    assert not any(ln.startswith(("Job(", "<Job")) or "ConnectionPool" in ln for ln in printed), printed

@@ -55,7 +55,9 @@ def test_duration_tolerance(got, expected, ok):
     assert duration_ok(got, expected) is ok
 
 
-@pytest.mark.parametrize("raw", [None, b"", b"x", b"1|2|3", b"a|b|c|d", "1|e|n|s|extra"])
+@pytest.mark.parametrize(
+    "raw", [None, b"", b"x", b"1|2|3", b"a|b|c|d", "1|e|n|s|extra", "²|e|n|s", b"\xff|e|n|s"]
+)
 def test_a_malformed_lease_reads_as_none(raw):
     assert Lease.parse("j1", raw) is None
 
