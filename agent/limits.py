@@ -1,6 +1,6 @@
 """Resource limits for a run. On a systemd host FFmpeg runs in a transient scope
 (``systemd-run --scope``) whose CPUQuota/MemoryMax the kernel enforces; elsewhere a job that
-asks for limits is refused, never silently run unlimited (DESIGN §5)."""
+asks for limits is refused, never silently run unlimited."""
 
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ from tenacity import (
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# DESIGN §4: 1 s, x2, capped at 30 s, 3 retries, only on transient errors.
+# Transport retries: 1 s, x2, capped at 30 s, 3 retries, only on transient errors.
 RETRY_INITIAL_S = 1.0
 RETRY_MAX_S = 30.0
 RETRY_COUNT = 3

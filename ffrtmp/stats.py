@@ -34,7 +34,7 @@ HISTOGRAMS: dict[str, tuple[float, ...]] = {
     "run": (1, 5, 10, 30, 60, 300, 600, 1800, 3600, 7200, 21600),
 }
 
-# Service level per tier: how long a job may wait in its queue (DESIGN: live work first).
+# Service level per tier: how long a job may wait in its queue (live work first).
 SLA_WAIT_S = {"live": 5.0, "default": 60.0, "batch": 3600.0}
 VIOLATIONS_KEPT = 50
 

@@ -1,5 +1,5 @@
 """The timing policy of an attempt, all derived from the agent's heartbeat interval so that
-recovery follows ``--heartbeat-interval`` (DESIGN: a job is requeued only after its old run is
+recovery follows ``--heartbeat-interval`` (a job is requeued only after its old run is
 gone, and a restarted agent can re-adopt within the heartbeat timeout)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""A small HTTP client for the coordinator API, with transport retries (DESIGN §4)."""
+"""A small HTTP client for the coordinator API, with transport retries."""
 
 from __future__ import annotations
 
