@@ -65,48 +65,52 @@ def running_with_frames(v: dict) -> bool:
 
 
 def test_a_frozen_agent_that_comes_back_never_runs_its_job_twice(cluster, conn):
-    """SIGSTOP the whole process tree past the heartbeat timeout (a paused VM), let the job
-    move to another agent, SIGCONT: the woken run is killed at once and writes nothing."""
-    cluster.start_agent("z1")
+    """SIGSTOP the whole process tree past the heartbeat timeout (a paused VM), let its jobs
+    move to another agent, SIGCONT: the woken runs are killed at once and write nothing."""
+    cluster.start_agent("z1", 2)
     duration = max(10.0, 6 * HB_S)
-    job_id = live_job(conn, "frozen.ts", duration)
-    wait_view(conn, job_id, running_with_frames)
-    cluster.start_agent("z2")
+    jobs = [live_job(conn, f"frozen{i}.ts", duration) for i in range(2)]
+    for j in jobs:
+        wait_view(conn, j, running_with_frames)
+    cluster.start_agent("z2", 2)
     proc, _ = cluster.agents["z1"]
     frozen = tree(proc.pid)
     for p in frozen:
         p.suspend()
-    overlap, resumed_at, old_gone_after = [], None, None
-    old = set(ffmpeg_pids(job_id))
-    assert old
+    old = {j: set(ffmpeg_pids(j)) for j in jobs}
+    assert all(old.values())
+    overlap, resumed_at, gone_after = [], None, {}
     deadline = time.monotonic() + 120 + 30 * HB_S
     while time.monotonic() < deadline:
-        pids = running_ffmpeg(job_id)
-        if len(pids) > 1:
-            overlap.append(pids)
-        v = get_view(conn, job_id)
-        if resumed_at is None and running_with_frames(v) and v["node"] == "z2":
+        views = {j: get_view(conn, j) for j in jobs}
+        for j in jobs:
+            pids = running_ffmpeg(j)
+            if len(pids) > 1:
+                overlap.append((j, pids))
+        if resumed_at is None and all(running_with_frames(v) and v["node"] == "z2" for v in views.values()):
             for p in frozen:
                 p.resume()
             resumed_at = time.monotonic()
-        if resumed_at is not None and old_gone_after is None and not (old & set(ffmpeg_pids(job_id))):
-            old_gone_after = time.monotonic() - resumed_at
-        if v["state"] in TERMINAL and old_gone_after is not None:
+        if resumed_at is not None:
+            for j in jobs:
+                if j not in gone_after and not (old[j] & set(ffmpeg_pids(j))):
+                    gone_after[j] = time.monotonic() - resumed_at
+        if len(gone_after) == len(jobs) and all(v["state"] in TERMINAL for v in views.values()):
             break
         time.sleep(0.02)
-    assert resumed_at is not None, get_view(conn, job_id)
+    assert resumed_at is not None, [get_view(conn, j) for j in jobs]
     assert not overlap, overlap
-    assert old_gone_after is not None and old_gone_after < 5, old_gone_after
-    v = wait_view(conn, job_id, lambda v: v["state"] in TERMINAL, timeout=120)
-    assert v["state"] == "completed" and v["node"] == "z2" and v["attempts"] == 2, v
-    assert abs(v["result"]["duration_s"] - duration) < 1.5, v["result"]
-    assert [s[1] for s in steps(v)].count("completed") == 1 and [s[2] for s in steps(v)].count("started") == 2
-    time.sleep(max(3.0, 3 * HB_S))  # the woken agent's worker and horse have had their say
-    later = get_view(conn, job_id)
-    assert later["history"] == v["history"] and later["state"] == "completed"
-    assert conn.llen(f"rq:queue:{v['rq_queue']}") == 0 and not conn.exists(f"ffrtmp:job:{job_id}:lease")
-    assert (cluster.outputs / "frozen.ts").is_file() and not list(cluster.outputs.glob(".frozen.*"))
-    print(f"frozen run gone {old_gone_after:.3f}s after SIGCONT")
+    assert len(gone_after) == len(jobs) and max(gone_after.values()) < 5, gone_after
+    time.sleep(max(3.0, 3 * HB_S))  # the woken agent's workers and horses have had their say
+    for j in jobs:
+        v = get_view(conn, j)
+        assert v["state"] == "completed" and v["node"] == "z2" and v["attempts"] == 2, v
+        assert abs(v["result"]["duration_s"] - duration) < 1.5, v["result"]
+        to, why = [s[1] for s in steps(v)], [s[2] for s in steps(v)]
+        assert to.count("completed") == 1 and why.count("started") == 2, steps(v)
+        assert conn.llen(f"rq:queue:{v['rq_queue']}") == 0 and not conn.exists(f"ffrtmp:job:{j}:lease")
+    assert not list(cluster.outputs.glob(".frozen*"))
+    print(f"frozen runs gone {max(gone_after.values()):.3f}s after SIGCONT")
 
 
 def test_a_sigkilled_run_supervisor_takes_its_ffmpeg_along_before_the_retry(cluster, conn):
