@@ -557,6 +557,13 @@ def abandon(
             # the lease key itself is gone (lost with a Redis restart, expired): the attempt
             # the job's own record names is the current one
             lease = Lease.parse(job_id, _meta(job).get("lease"))
+        if lease is None and job is not None and state_of(job, _meta(job)) == RUNNING:
+            # a running job with no lease this version can read (written by an older agent, or
+            # garbled): its expired execution is the only thing known of the attempt
+            m = _meta(job)
+            lease = Lease(
+                job_id, meta_int(m, "attempt", 0), execution_id, str(m.get("node")), str(m.get("slot"))
+            )
         if job is None or lease is None or lease.execution != execution_id:
             if job is None and pipe.exists(SafeJob.key_for(job_id)):
                 raise Refused(f"job {job_id} cannot be read; its expired execution is kept")

@@ -279,3 +279,17 @@ def test_rq_status_is_written_by_the_fenced_start_only(conn):
     job = fetch_job(conn, jid)
     assert job.get_status() == JobStatus.STARTED and job.worker_name == lease.slot
     assert conn.ttl(SafeJob.key_for(jid)) == -1
+
+
+def test_a_running_job_whose_lease_this_version_cannot_read_is_still_recovered(conn):
+    """An attempt started by an older agent (its lease was "<node>/<slot>/<attempt>")."""
+    jid = _submit(conn)
+    _, execution = _pop_and_claim(conn, jid, "old.s0")
+    conn.set(keys.lease_key(jid), "old/old.s0/1")
+    job = fetch_job(conn, jid)
+    job.meta.pop("lease")
+    job.save_meta()
+    reg = rq_queue(Q, conn).started_job_registry.key
+    conn.zadd(reg, {f"{jid}:{execution.id}": time.time() - 1})
+    assert lifecycle.abandon(conn, jid, execution.id, reg, lambda _l: "node_lost") == "requeued"
+    assert get_view(conn, jid)["state"] == "queued" and not conn.exists(keys.lease_key(jid))
