@@ -98,10 +98,6 @@ def submit(conn: redis.Redis, spec: JobSpec, defaults: SubmitDefaults) -> dict[s
     return job_view(job, read_history(conn, job_id))
 
 
-def derive_state(job: SafeJob, meta: dict[str, Any]) -> JobState:
-    return JobState(lifecycle.state_of(job, meta))
-
-
 def read_history(conn: redis.Redis, job_id: str) -> list[dict[str, Any]]:
     out = []
     for raw in conn.lrange(keys.history_key(job_id), 0, -1):
@@ -129,7 +125,7 @@ def job_view(
 ) -> dict[str, Any]:
     meta = job.meta if isinstance(job.meta, dict) else {}
     spec = job.args[0] if job.args and isinstance(job.args[0], dict) else {}
-    state = derive_state(job, meta)
+    state = JobState(lifecycle.state_of(job, meta))
     progress = _live_progress(live_progress) if state == JobState.running else None
     view: dict[str, Any] = {
         "id": job.id,
@@ -207,10 +203,8 @@ def list_views(
             if node and view["node"] != node:
                 continue
             out.append(view)
-            if len(out) == limit:
-                nxt = pos + i + 1 - sum(1 for g in gone if ids.index(g) < i)
-                if gone:
-                    conn.zrem(index, *gone)
+            if len(out) == limit:  # expired ids of this chunk are dropped on a later pass
+                nxt = pos + i + 1
                 return out, nxt if conn.zcard(index) > nxt else None
         if gone:  # expired by their TTL: drop them from our own index
             conn.zrem(index, *gone)
@@ -225,9 +219,6 @@ def cancel(conn: redis.Redis, job_id: str, requested_by: str = "api") -> tuple[s
     FFmpeg gracefully and ends it canceled), 'terminal' (nothing to do) or 'missing'."""
     outcome = lifecycle.cancel(conn, job_id, requested_by)
     return outcome, get_view(conn, job_id) if outcome != "missing" else None
-
-
-RETRYABLE_STATES = frozenset({JobState.failed, JobState.timed_out, JobState.canceled, JobState.rejected})
 
 
 def retry(conn: redis.Redis, job_id: str, requested_by: str = "api") -> tuple[str, dict[str, Any] | None]:
