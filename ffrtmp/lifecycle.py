@@ -150,11 +150,12 @@ def attempts_used(meta: dict[str, Any], attempt: int) -> int:
     return attempt - meta_int(meta, "attempt_base", 0)
 
 
-def _set_state(pipe: Pipeline, job_id: str, state: str, now: float) -> None:
-    for s in ALL_STATES:
-        if s != state:
-            pipe.zrem(keys.state_index(s), job_id)
-    pipe.zadd(keys.state_index(state), {job_id: now})
+def _set_state(pipe: Pipeline, job_id: str, frm: str | None, to: str, now: float) -> None:
+    """Move the job from the index of the state it was read in to its new state's. Every
+    transition reads ``frm`` in its own transaction, so that is the only index it is in."""
+    if frm is not None and frm != to:
+        pipe.zrem(keys.state_index(frm), job_id)
+    pipe.zadd(keys.state_index(to), {job_id: now})
 
 
 def _save_meta(pipe: Pipeline, job: SafeJob, meta: dict[str, Any]) -> None:
@@ -273,7 +274,7 @@ def claim(
         pipe.set(keys.lease_key(job_id), lease.token, ex=lease_ttl_s)
         pipe.delete(keys.progress_key(job_id))
         pipe.rpush(keys.history_key(job_id), history_entry(state, RUNNING, "started", node, attempt))
-        _set_state(pipe, job_id, RUNNING, now)
+        _set_state(pipe, job_id, state, RUNNING, now)
         return lease, meta
 
     return _transact(conn, job_id, body)
@@ -430,7 +431,7 @@ def _write_terminal(
     pipe.hdel(keys.LOST_SUSPECTS, job.id)
     pipe.rpush(keys.history_key(job.id), history_entry(frm, end.outcome, end.reason, node, attempt))
     _expire_with_job(pipe, job.id, ttl)
-    _set_state(pipe, job.id, end.outcome, time.time())
+    _set_state(pipe, job.id, frm, end.outcome, time.time())
     tier, prio = str(meta.get("tier") or "default"), str(meta.get("priority") or "medium")
     stats.record_finished(pipe, tier, prio, end.outcome, end.reason)
     if end.run_s is not None:
@@ -488,7 +489,7 @@ def _requeue(
         history_entry(RETRYING, QUEUED, "requeued", None, attempt),
     )
     pipe.zadd(keys.PENDING, {job.id: time.time()})
-    _set_state(pipe, job.id, QUEUED, time.time())
+    _set_state(pipe, job.id, frm, QUEUED, time.time())
     pipe.hincrby(keys.REQUEUES, reason, 1)
 
 
@@ -667,7 +668,7 @@ def retry(conn: redis.Redis, job_id: str, requested_by: str) -> str:
             keys.history_key(job_id), history_entry(state, QUEUED, f"retried by {requested_by}", None, base)
         )
         _expire_with_job(pipe, job_id, None)
-        _set_state(pipe, job_id, QUEUED, time.time())
+        _set_state(pipe, job_id, state, QUEUED, time.time())
         return "queued"
 
     return str(_transact(conn, job_id, body))
@@ -679,4 +680,4 @@ def submitted(pipe: Pipeline, job_id: str, tier: str, priority: str, now: float)
     pipe.zadd(keys.PENDING, {job_id: now})
     pipe.rpush(keys.history_key(job_id), history_entry(None, QUEUED, "submitted"))
     pipe.hincrby(keys.SUBMITTED, f"{tier}.{priority}", 1)
-    _set_state(pipe, job_id, QUEUED, now)
+    _set_state(pipe, job_id, None, QUEUED, now)
