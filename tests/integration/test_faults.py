@@ -4,6 +4,7 @@ killed by a signal, a truncated input, a full output disk, and a Redis outage.""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -76,7 +77,8 @@ def test_a_frozen_agent_that_comes_back_never_runs_its_job_twice(cluster, conn):
     proc, _ = cluster.agents["z1"]
     frozen = tree(proc.pid)
     for p in frozen:
-        p.suspend()
+        with contextlib.suppress(psutil.NoSuchProcess):  # one that was just exiting
+            p.suspend()
     old = {j: set(ffmpeg_pids(j)) for j in jobs}
     assert all(old.values())
     overlap, resumed_at, gone_after = [], None, {}
@@ -89,7 +91,8 @@ def test_a_frozen_agent_that_comes_back_never_runs_its_job_twice(cluster, conn):
                 overlap.append((j, pids))
         if resumed_at is None and all(running_with_frames(v) and v["node"] == "z2" for v in views.values()):
             for p in frozen:
-                p.resume()
+                with contextlib.suppress(psutil.NoSuchProcess):  # reaped since (a zombie then)
+                    p.resume()
             resumed_at = time.monotonic()
         if resumed_at is not None:
             for j in jobs:
@@ -264,10 +267,12 @@ def test_ffprobe_agrees_with_a_completed_frozen_job(cluster, conn):
     proc, _ = cluster.agents["w1"]
     frozen = tree(proc.pid)
     for p in frozen:
-        p.suspend()
+        with contextlib.suppress(psutil.NoSuchProcess):  # one that was just exiting
+            p.suspend()
     time.sleep(min(1.0, HB_S))
     for p in frozen:
-        p.resume()
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.resume()
     v = wait_view(conn, job_id, lambda v: v["state"] in TERMINAL, timeout=60)
     assert v["state"] == "completed" and v["attempts"] == 1, v
     info = ffprobe(cluster.outputs / "pause.ts")
