@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import signal
+import os
 import threading
 
 import redis
 
-from ffrtmp import lifecycle
+from ffrtmp import lifecycle, timing
 from ffrtmp.lifecycle import Lease
 from ffrtmp.rqjob import SafeJob, fetch_job
-from ffrtmp.rundir import RunDir
+from ffrtmp.rundir import FORMAT, RunDir
 
 from .attempt import Attempt, Fenced
 from .pipeline import AgentContext
@@ -40,10 +40,15 @@ def adopt(conn: redis.Redis, ctx: AgentContext) -> list[threading.Thread]:
     Runs that no longer hold their lease are killed."""
     threads = []
     for rd in RunDir.live(ctx.work_dir):
+        if rd.format > FORMAT:
+            log.warning(
+                "run %s is in format %d (this agent reads %d): left alone", rd.path, rd.format, FORMAT
+            )
+            continue
         found = _current(conn, rd, ctx.node)
         if found is None:
             log.warning("run %s no longer holds its job's lease: killing it", rd.path)
-            rd.signal_ffmpeg(signal.SIGKILL)
+            rd.kill_run(timing.STOP_WAIT_S)
             continue
         job, lease = found
         encoder = (job.meta or {}).get("encoder")
@@ -63,6 +68,34 @@ def adopt(conn: redis.Redis, ctx: AgentContext) -> list[threading.Thread]:
     return threads
 
 
+def _unpublishable(conn: redis.Redis, rd: RunDir, quiet_s: float) -> bool:
+    """Can this run's output never be published? Its supervisor is gone and nobody has watched
+    it for ``quiet_s``; and FFmpeg failed, never reported an exit, or the run lost its lease
+    (a horse may still be verifying a clean exit, but only under its lease)."""
+    if rd.runner_alive() or rd.ffmpeg_alive() or rd.owner_age() < quiet_s:
+        return False
+    ended = rd.exit()
+    if ended is None or ended.get("returncode") != 0:
+        return True
+    lease = Lease.parse(rd.job_id, rd.token)
+    return lease is None or not lifecycle.holds(conn, lease)[0]
+
+
+def sweep_partials(conn: redis.Redis, work_dir: str, quiet_s: float) -> int:
+    """Remove the temporary outputs of this node's runs that can never be published: those
+    whose watchers died with them (an agent killed with its supervisor) on a job that then ran
+    out of attempts, which no later attempt would clean. Returns how many were removed."""
+    removed = 0
+    for rd in RunDir.all(work_dir):
+        path = rd.partial()
+        if path is None or not os.path.lexists(path) or not _unpublishable(conn, rd, quiet_s):
+            continue
+        log.warning("removing %s, left by the dead run %s", path, rd.path)
+        rd.discard_partial()
+        removed += 1
+    return removed
+
+
 def _watch_adopted(job: SafeJob, lease: Lease, rd: RunDir, ctx: AgentContext) -> None:
     try:
         Attempt(job, lease, job.args[0] if job.args else {}, ctx).resume(rd)
@@ -72,4 +105,4 @@ def _watch_adopted(job: SafeJob, lease: Lease, rd: RunDir, ctx: AgentContext) ->
         log.exception("adopting job %s failed; recovery will requeue it", job.id)
 
 
-__all__ = ["adopt"]
+__all__ = ["adopt", "sweep_partials"]

@@ -9,6 +9,7 @@ import contextlib
 import logging
 import os
 import re
+import select
 import signal
 import time
 from dataclasses import dataclass
@@ -22,14 +23,16 @@ from rq.executions import Execution
 from ffrtmp import lifecycle, timing
 from ffrtmp.lifecycle import Ending, Lease, Refused
 from ffrtmp.model import JobSpec, is_url
-from ffrtmp.redisconn import transport_retry, until_redis_answers
-from ffrtmp.rundir import RunDir, write_json_atomic
+from ffrtmp.redisconn import redis_retry, until_redis_answers
+from ffrtmp.rundir import RunDir, remove_path, used_bytes, write_json_atomic
 
 from . import disk
 from .limits import apply_limits, systemd_run_path
 from .outcome import Verdict, classify_exit, input_signature
-from .pipeline import AgentContext, Plan, PlanError, build_plan
-from .runner import reap, remove_path, spawn_detached, with_percent
+from .pipeline import AgentContext, Plan, PlanError, build_plan, needs_egress_proxy
+from .publish import OutputExists, publish, taken
+from .runner import reap, spawn_detached, with_percent
+from .urlpolicy import check_url_input
 from .verify import VerifyError, media_duration, verify_output
 
 log = logging.getLogger("ffrtmp.agent.attempt")
@@ -75,21 +78,6 @@ def remove_stale_parts(plan: Plan, job_id: str, attempt: int) -> None:
                 remove_path(os.path.join(d, name))
 
 
-def publish(final: str, tmp: str) -> None:
-    """Move a verified output into place. Files are replaced atomically; an HLS directory that
-    already exists is moved aside first and removed after the swap."""
-    if os.path.isdir(tmp):
-        old = None
-        if os.path.exists(final):
-            old = f"{final}.old-{os.getpid()}-{int(time.time())}"
-            os.rename(final, old)
-        os.rename(tmp, final)
-        if old:
-            remove_path(old)
-    else:
-        os.replace(tmp, final)
-
-
 class Attempt:
     def __init__(self, job: Any, lease: Lease, spec_dict: dict[str, Any], ctx: AgentContext) -> None:
         self.job = job
@@ -104,6 +92,7 @@ class Attempt:
         self.t_start = time.time()
         self.rd: RunDir | None = None
         self.runner_pid = 0
+        self._pidfd: int | None = None  # the supervisor's, while the run is watched
         self.adopted = False
         self.input_sig: tuple[int, int, int] | None = None
         self.input_bytes = 0
@@ -141,7 +130,7 @@ class Attempt:
             return
         text = self.rd.stderr_log(timing.LOG_TAIL_BYTES)
         with contextlib.suppress(redis.RedisError, OSError):
-            transport_retry()(lifecycle.save_logs)(self.conn, self.lease, text)
+            redis_retry()(lifecycle.save_logs)(self.conn, self.lease, text)
 
     def abort(self) -> bool:
         """Something went wrong inside the agent: kill what this attempt started and wait until
@@ -156,7 +145,11 @@ class Attempt:
             self._end(Ending("rejected", "invalid_spec", str(exc).splitlines()[0]))
             return
         try:
+            if spec.input and is_url(spec.input):
+                check_url_input(spec.input, self.ctx.allow_url_networks)
             plan = build_plan(spec, self.job.id, self.lease.attempt, self.ctx)
+            if plan.tmp_output and not spec.overwrite and taken(plan.final_output, self.job.id):
+                raise PlanError("output_exists", f"{plan.final_output} exists (overwrite: true replaces it)")
             plan.argv = apply_limits(
                 plan.argv,
                 self.job.id,
@@ -185,6 +178,7 @@ class Attempt:
             plan.argv,
             orphan_after=timing.orphan_deadline(self.ctx.heartbeat_interval),
             tmp_output=plan.tmp_output,
+            egress=self.ctx.allow_url_networks if needs_egress_proxy(spec.input) else None,
         )
         self._set_expected(spec, plan)
         self._conclude(plan)
@@ -231,6 +225,21 @@ class Attempt:
             plan.duration = probed  # for percent and ETA
 
     # --- watching -------------------------------------------------------------------------
+    def _nap(self, seconds: float) -> None:
+        """Sleep until the next look at the run, or until its supervisor exits (a pidfd, so the
+        end of a run is seen at once rather than on the next poll)."""
+        if self._pidfd is None and self.runner_pid > 0:
+            try:
+                self._pidfd = os.pidfd_open(self.runner_pid)
+            except OSError:  # gone already, or a kernel without pidfds: plain polling
+                self._pidfd = -1
+        if self._pidfd is None or self._pidfd < 0:
+            time.sleep(seconds)
+            return
+        poller = select.poll()
+        poller.register(self._pidfd, select.POLLIN)
+        poller.poll(seconds * 1000)
+
     def _runner_gone(self) -> bool:
         if not self.adopted:
             return reap(self.runner_pid)  # our child: reap it
@@ -345,23 +354,32 @@ class Attempt:
     def _watch(self, plan: Plan) -> tuple[dict[str, Any], WatchState]:
         assert self.rd is not None
         ws = WatchState(t0=time.monotonic() - max(0.0, time.time() - self.t_start), held_at=time.time())
-        while True:
-            exit_info = self.rd.exit()
-            if exit_info is not None:
-                break
-            if self._runner_gone():
-                exit_info = self.rd.exit()  # it may have written the file just before exiting
-                if exit_info is not None:
-                    break
-                self._kill_run()  # FFmpeg dies with its supervisor; make sure before a retry
-                self._record_supervisor_death()
-                raise _Platform("runner_died", "the run supervisor died without an exit status")
-            self._step(ws, plan)
-            time.sleep(timing.POLL_S)
+        try:
+            exit_info = self._watch_until_exit(ws, plan)
+        finally:
+            if self._pidfd is not None and self._pidfd >= 0:
+                os.close(self._pidfd)
+            self._pidfd = None
         deadline = time.monotonic() + timing.STOP_WAIT_S
         while not self._runner_gone() and time.monotonic() < deadline:
             time.sleep(0.01)
         return exit_info, ws
+
+    def _watch_until_exit(self, ws: WatchState, plan: Plan) -> dict[str, Any]:
+        assert self.rd is not None
+        while True:
+            exit_info = self.rd.exit()
+            if exit_info is not None:
+                return exit_info
+            if self._runner_gone():
+                exit_info = self.rd.exit()  # it may have written the file just before exiting
+                if exit_info is not None:
+                    return exit_info
+                self._kill_run()  # FFmpeg dies with its supervisor; make sure before a retry
+                self._record_supervisor_death()
+                raise _Platform("runner_died", "the run supervisor died without an exit status")
+            self._step(ws, plan)
+            self._nap(timing.POLL_S)
 
     # --- the end --------------------------------------------------------------------------
     def _conclude(self, plan: Plan) -> None:
@@ -389,7 +407,9 @@ class Attempt:
             verdict = self._check_output(plan)
         progress = self.rd.progress()
         if verdict.reason == "output_disk_full" and plan.tmp_output:
-            disk.mark_full(self.ctx.work_dir, plan.final_output, disk.used_bytes(plan.tmp_output))
+            took = exit_info.get("partial_bytes")  # the supervisor removed it, saying how big
+            took = took if isinstance(took, int) else used_bytes(plan.tmp_output)
+            disk.mark_full(self.ctx.work_dir, plan.final_output, took)
         if verdict.outcome != "completed":
             self._discard(plan)
         if verdict.platform:
@@ -439,7 +459,13 @@ class Attempt:
         if not held:
             self._discard(plan)
             raise Fenced("lease gone before publishing")
-        publish(plan.final_output, plan.tmp_output)
+        try:
+            publish(plan.final_output, plan.tmp_output, self.job.id, bool(self.spec_dict.get("overwrite")))
+        except OutputExists:
+            self._discard(plan)
+            return Verdict(
+                "failed", "output_exists", f"{plan.final_output} appeared while encoding; not replaced"
+            )
         return Verdict("completed", "ffmpeg_exit_0", "completed")
 
 

@@ -3,7 +3,7 @@ it without importing each other."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass
@@ -26,3 +26,5 @@ class AgentConfig:
     encoder_recheck: float = 600.0
     log_dir: str | None = None
     min_free_space: int = 256 * 1024 * 1024
+    allow_url_networks: list[str] = field(default_factory=list)
+    metrics_api_keys_file: str | None = None  # then /metrics and /violations need a key

@@ -43,21 +43,6 @@ def _free(path: str) -> tuple[int, int]:
         return 0, 0
 
 
-def used_bytes(path: str) -> int:
-    """Bytes a partial output (file or HLS directory) takes."""
-    if os.path.isdir(path):
-        total = 0
-        for d, _, files in os.walk(path):
-            for f in files:
-                with contextlib.suppress(OSError):
-                    total += os.path.getsize(os.path.join(d, f))
-        return total
-    try:
-        return os.path.getsize(path)
-    except OSError:
-        return 0
-
-
 def mark_full(work_dir: str, output_path: str, needed_bytes: int) -> None:
     """Called by an attempt that failed with ENOSPC writing ``output_path`` after it had
     written ``needed_bytes`` (and needed more)."""

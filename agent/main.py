@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import re
 import secrets
 import shutil
 import signal
@@ -26,17 +25,21 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from ffrtmp import __version__, options, stats
+from ffrtmp.auth import KeyFileError, KeyRing, read_key_file
 from ffrtmp.durations import DURATION
+from ffrtmp.keys import SCHEMA_VERSION
 from ffrtmp.logs import reopen_logs, setup_logging
+from ffrtmp.model import NODE_NAME
+from ffrtmp.networks import parse_networks
 from ffrtmp.nodes import drain_key, write_heartbeat
 from ffrtmp.presets import HW_ENCODER_NAMES
 from ffrtmp.queues import slot_queues
-from ffrtmp.redisconn import connect, ping, transport_retry
+from ffrtmp.redisconn import connect, ping, redis_retry
 from ffrtmp.rundir import RunDir
-from ffrtmp.timing import renewal_interval
+from ffrtmp.timing import orphan_deadline, renewal_interval
 
 from . import disk
-from .adopt import adopt
+from .adopt import adopt, sweep_partials
 from .config import AgentConfig
 from .context import ENV as CONTEXT_ENV
 from .context import dump_context
@@ -74,10 +77,12 @@ class Agent:
     slot_restarts: int = 0
     hw_proven: list[str] = field(default_factory=list)
     draining: bool = False
+    handover: bool = False
     adopted: list[threading.Thread] = field(default_factory=list)
     accepting: asyncio.Event = field(default_factory=asyncio.Event)
     holds: dict[str, str] = field(default_factory=dict)  # why no job is taken now -> detail
     disk: list[disk.RootSpace] = field(default_factory=list)
+    metrics_keys: KeyRing | None = None
 
     def __post_init__(self) -> None:
         self.registry.register(AgentCollector(self))
@@ -94,6 +99,7 @@ class Agent:
             ffmpeg=self.cfg.ffmpeg,
             ffprobe=self.cfg.ffprobe,
             heartbeat_interval=self.cfg.heartbeat_interval,
+            allow_url_networks=self.cfg.allow_url_networks,
         )
 
     def active_runs(self) -> list[dict[str, Any]]:
@@ -127,6 +133,7 @@ class Agent:
         runs = self.active_runs()
         load1, _, _ = os.getloadavg()
         return {
+            "schema": SCHEMA_VERSION,
             "name": self.cfg.name,
             "version": __version__,
             "boot_id": self.boot_id,
@@ -158,7 +165,7 @@ class Agent:
             "started_at": self.info.get("started_at"),
         }
 
-    @transport_retry()
+    @redis_retry()
     def heartbeat(self, **extra: Any) -> None:
         assert self.conn is not None
         rec = self.record()
@@ -171,7 +178,9 @@ class Agent:
         caps = self.info["capabilities"]
         for i in range(self.cfg.slots):
             live_only = i < self.cfg.live_slots
-            self.slots.append(Slot(i, f"{self.cfg.name}.s{i}.{self.boot_id}", slot_queues(caps, live_only)))
+            self.slots.append(
+                Slot(i, f"{self.cfg.name}.s{i}.{self.boot_id}", slot_queues(caps, live_only, self.cfg.name))
+            )
 
     async def start_slot(self, slot: Slot) -> None:
         env = dict(os.environ)
@@ -222,6 +231,18 @@ class Agent:
             delay = min(30.0, 2.0 ** (slot.restarts - 1))
             log.warning("slot %s exited with %s; restarting in %.0fs", slot.name, rc, delay)
             await asyncio.sleep(delay)
+
+    async def sweep_runs(self) -> None:
+        """Now and then (5-30 s): remove partial outputs dead runs of this node left behind."""
+        assert self.conn is not None
+        quiet = 2 * orphan_deadline(self.cfg.heartbeat_interval)
+        every = max(5.0, min(30.0, quiet / 2))
+        while not self.stopping:
+            try:
+                await asyncio.to_thread(sweep_partials, self.conn, self.cfg.work_dir, quiet)
+            except (redis.RedisError, OSError) as exc:
+                log.warning("cannot sweep dead runs now: %s", exc)
+            await asyncio.sleep(every)
 
     async def watch_drain(self) -> None:
         """Follow the node's drain flag (set through the API): draining stops every slot's RQ
@@ -274,14 +295,14 @@ class Agent:
         with contextlib.suppress(redis.RedisError, OSError):
             await asyncio.to_thread(self.heartbeat)
 
-    async def wait_adopted(self) -> None:
+    async def wait_adopted(self, drain_timeout: float) -> None:
         """Adopted runs drain like the slots' jobs do; past the drain timeout they are left to
         the next start of this agent (or stop themselves and get requeued)."""
-        deadline = time.monotonic() + self.cfg.drain_timeout
+        deadline = time.monotonic() + drain_timeout
         for t in self.adopted:
             await asyncio.to_thread(t.join, max(0.0, deadline - time.monotonic()))
 
-    async def stop_slots(self) -> None:
+    async def stop_slots(self, drain_timeout: float) -> None:
         """Warm shutdown: idle slots stop at once, busy ones finish their job (bounded by the
         drain timeout). A second SIGTERM after the timeout is RQ's cold shutdown: it kills the
         horse, while FFmpeg's own supervisor keeps running in its own session."""
@@ -290,15 +311,22 @@ class Agent:
             with contextlib.suppress(ProcessLookupError):
                 p.send_signal(signal.SIGTERM)
         try:
-            await asyncio.wait_for(asyncio.gather(*(p.wait() for p in procs)), self.cfg.drain_timeout)
+            await asyncio.wait_for(asyncio.gather(*(p.wait() for p in procs)), drain_timeout)
         except TimeoutError:
-            log.warning("drain timeout (%.0fs) reached with jobs still running", self.cfg.drain_timeout)
+            log.warning("drain timeout (%.0fs) reached with jobs still running", drain_timeout)
             await asyncio.sleep(1.5)  # RQ ignores a second SIGTERM within 1 s
             for p in procs:
                 if p.returncode is None:
                     with contextlib.suppress(ProcessLookupError):
                         p.send_signal(signal.SIGTERM)
             await asyncio.gather(*(p.wait() for p in procs))
+
+    def request_handover(self, stop: asyncio.Event) -> None:
+        """SIGUSR1: stop at once without waiting for running jobs. Their FFmpeg runs carry on
+        under their supervisors and the next agent (of any version) re-adopts them: this is how
+        a restart or an upgrade happens under live streams."""
+        self.handover = True
+        stop.set()
 
     # --- http ---------------------------------------------------------------------------
     async def h_health(self, _req: web.Request) -> web.Response:
@@ -317,16 +345,40 @@ class Agent:
             await asyncio.to_thread(self.conn.ping)
         except (redis.RedisError, OSError) as exc:
             problems.append(f"redis unreachable: {exc}")
-        if self.stopping or self.draining:
-            problems.append("draining")
+        if self.stopping:
+            problems.append("stopping")
         alive = sum(1 for s in self.slots if s.proc and s.proc.returncode is None)
         if alive < len(self.slots) and not self.holds:
             problems.append(f"{len(self.slots) - alive} slot(s) not running")
-        body = {"ready": not problems, "problems": problems, "node": self.cfg.name}
+        # A drain is the operator's hold, not a fault: a drained agent that restarts is ready
+        # (its slots wait for the undrain), and the body says it is drained.
+        body = {
+            "ready": not problems,
+            "problems": problems,
+            "node": self.cfg.name,
+            "version": __version__,
+            "draining": self.draining,
+        }
         return web.json_response(body, status=200 if not problems else 503)
 
-    async def h_violations(self, _req: web.Request) -> web.Response:
+    def refused(self, req: web.Request) -> web.Response | None:
+        """With --metrics-api-keys-file, a request without one of its keys gets a 401."""
+        if self.metrics_keys is None:
+            return None
+        scheme, _, token = req.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and token.strip() and self.metrics_keys.lookup(token.strip()):
+            return None
+        message = "missing or invalid key (Authorization: Bearer <key>)"
+        return web.json_response(
+            {"error": {"code": "unauthorized", "message": message}},
+            status=401,
+            headers={"WWW-Authenticate": 'Bearer realm="ffrtmp-agent"'},
+        )
+
+    async def h_violations(self, req: web.Request) -> web.Response:
         """The last SLA violations of jobs that ran here, newest first."""
+        if (no := self.refused(req)) is not None:
+            return no
         assert self.conn is not None
         try:
             items = await asyncio.to_thread(stats.read_violations, self.conn, self.cfg.name)
@@ -336,7 +388,9 @@ class Agent:
             )
         return web.json_response({"node": self.cfg.name, "targets_s": stats.SLA_WAIT_S, "violations": items})
 
-    async def h_metrics(self, _req: web.Request) -> web.Response:
+    async def h_metrics(self, req: web.Request) -> web.Response:
+        if (no := self.refused(req)) is not None:
+            return no
         body = await asyncio.to_thread(generate_latest, self.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
@@ -404,9 +458,11 @@ class Agent:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGUSR1, self.request_handover, stop)
         loop.add_signal_handler(signal.SIGHUP, self.reopen_logs)
         supervisors = [asyncio.create_task(self.supervise_slot(s)) for s in self.slots]
         supervisors.append(asyncio.create_task(self.watch_drain()))
+        supervisors.append(asyncio.create_task(self.sweep_runs()))
         log.info("agent %s up: %d slots, metrics on :%d", cfg.name, cfg.slots, cfg.metrics_port)
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
@@ -420,13 +476,20 @@ class Agent:
                 await asyncio.to_thread(self.heartbeat)
             except (redis.RedisError, OSError) as exc:
                 log.error("heartbeat failed after retries: %s", exc)
-        log.info("stopping: no new jobs; waiting up to %.0fs for running jobs", cfg.drain_timeout)
+        drain_timeout = 0.0 if self.handover else cfg.drain_timeout
+        if self.handover:
+            log.info("handing over: stopping now; running jobs are left to the next agent")
+        else:
+            log.info("stopping: no new jobs; waiting up to %.0fs for running jobs", drain_timeout)
         self.stopping = True
         self.accepting.set()  # wake supervisors parked by a drain so they can exit
         with contextlib.suppress(redis.RedisError, OSError):
             await asyncio.to_thread(self.heartbeat)
-        await self.stop_slots()
-        await self.wait_adopted()
+        await self.stop_slots(drain_timeout)
+        await self.wait_adopted(drain_timeout)
+        if self.handover:  # the next agent gets a whole orphan deadline from now to adopt them
+            for rd in await asyncio.to_thread(RunDir.live, cfg.work_dir):
+                rd.touch_owner()
         for t in supervisors:
             t.cancel()
         with contextlib.suppress(redis.RedisError, OSError):
@@ -436,7 +499,11 @@ class Agent:
         return 0
 
 
-NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+def _networks(values: tuple[str, ...]) -> list[str]:
+    try:
+        return [str(n) for n in parse_networks(list(values))]
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 def _node_name(value: str) -> str:
@@ -472,6 +539,13 @@ def _node_name(value: str) -> str:
     type=click.IntRange(0, 65535),
     default=9091,
     show_default=True,
+)
+@click.option(
+    "--metrics-api-keys-file",
+    envvar="FFRTMP_METRICS_API_KEYS_FILE",
+    type=click.Path(dir_okay=False),
+    help="Keys as for the coordinator (ffrtmp keys new): /metrics and /violations then need one "
+    "(Authorization: Bearer, any role). /health and /ready stay open for probes.",
 )
 @options.heartbeat_interval()
 @click.option(
@@ -513,6 +587,15 @@ def _node_name(value: str) -> str:
     show_default=True,
     help="MiB that must stay free on the work dir and every output root, or no job is taken.",
 )
+@click.option(
+    "--allow-url-network",
+    "allow_url_networks",
+    envvar="FFRTMP_ALLOW_URL_NETWORKS",
+    multiple=True,
+    callback=lambda _c, _p, v: _networks(v),
+    help="CIDR inside the network that URL inputs may reach (repeatable; default: none, only public "
+    "addresses). The env twin takes them space-separated.",
+)
 @click.option("--ffmpeg", envvar="FFRTMP_FFMPEG", default="ffmpeg", show_default=True)
 @click.option("--ffprobe", envvar="FFRTMP_FFPROBE", default="ffprobe", show_default=True)
 @options.logging("agent")
@@ -535,7 +618,13 @@ def main(**kw: Any) -> None:
     kw["work_dir"] = work
     kw["min_free_space"] = kw["min_free_space"] * 1024 * 1024
     cfg = AgentConfig(**kw)
-    sys.exit(asyncio.run(Agent(cfg).run()))
+    agent = Agent(cfg)
+    if cfg.metrics_api_keys_file:
+        try:
+            agent.metrics_keys = KeyRing(read_key_file(cfg.metrics_api_keys_file))
+        except KeyFileError as exc:
+            raise click.BadParameter(str(exc), param_hint="--metrics-api-keys-file") from None
+    sys.exit(asyncio.run(agent.run()))
 
 
 if __name__ == "__main__":

@@ -58,6 +58,10 @@ def classify_exit(
         # the run was killed because this attempt stopped watching it (a stall or freeze past
         # the orphan deadline): a platform failure, never the workload's fault
         return Verdict("retry", "lost_ownership", "the run was killed: its watcher stalled too long")
+    if exit_info.get("egress_refused"):
+        # FFmpeg was sent (a redirect, a playlist entry, a name that resolved again) somewhere
+        # the URL policy refuses: say so with the policy's one message, whatever FFmpeg made of it
+        return Verdict("rejected", "destination_not_allowed", "destination not allowed")
     if any(m in tail for m in ENOSPC_MARKERS):
         return Verdict("retry", "output_disk_full", f"the output disk is full: {_last_line(tail)}")
     if isinstance(sig, int) and sig > 0:

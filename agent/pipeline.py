@@ -2,6 +2,10 @@
 
 Local paths are resolved under the agent's configured roots (symlinks included) and handed to
 FFmpeg with the ``file:`` protocol prefix, so a name can never be read as another protocol.
+FFmpeg itself is confined too (``input_guard``): a local input may only be opened with the
+``file`` protocol and only by a media-container demuxer, so a playlist (HLS, DASH) or a concat
+list inside a root, whatever its name, cannot make FFmpeg open a file outside the roots; a URL
+input may only use its own scheme's protocols.
 Outputs go to a temporary name beside the final one; the task renames on verified success.
 """
 
@@ -36,6 +40,7 @@ class AgentContext:
     ffmpeg: str = "ffmpeg"
     ffprobe: str = "ffprobe"
     heartbeat_interval: float = 30.0
+    allow_url_networks: list[str] = field(default_factory=list)  # CIDRs URL inputs may reach inside
 
 
 @dataclass
@@ -87,6 +92,43 @@ _SVT_PRESETS = {
     "veryslow": 3,
 }
 PROBE_CODEC_NAMES = {"h264": "h264", "h265": "hevc", "vp9": "vp9", "av1": "av1"}
+
+
+# Demuxers of media containers and elementary streams: none of them opens another file or URL
+# named by the input (mov's external references stay off, FFmpeg's default). Playlists and
+# lists (hls, dash, concat, ffconcat, image2 patterns, tee, sdp, rtsp...) are not here.
+LOCAL_DEMUXERS = (
+    "mov,mp4,m4a,3gp,3g2,mj2,matroska,webm,mpegts,mpegtsraw,flv,live_flv,avi,mxf,asf,mpeg,mpegvideo,"
+    "wav,w64,mp3,aac,ac3,eac3,flac,ogg,opus,h264,hevc,m4v,ivf,nut,dv,yuv4mpegpipe,caf,aiff,amr,"
+    "truehd,dts,gif,rawvideo"
+)
+# What FFmpeg may open for a URL input of each scheme (its transport, nothing local). HTTP(S)
+# goes through the run's egress proxy (``agent.egress``): HTTPS tunnels with httpproxy.
+URL_PROTOCOLS = {
+    "rtmp": "rtmp,tcp",
+    "rtmps": "rtmps,rtmp,tls,tcp",
+    "srt": "srt,udp",
+    "http": "http,tcp",
+    "https": "https,http,httpproxy,tls,tcp",
+}
+PROXIED_SCHEMES = ("http", "https")
+
+
+def needs_egress_proxy(value: str | None) -> bool:
+    """Must FFmpeg reach this input through the run's egress proxy (every connection checked)?"""
+    return value is not None and is_url(value) and value.split(":", 1)[0].lower() in PROXIED_SCHEMES
+
+
+def input_guard(value: str | None) -> list[str]:
+    """FFmpeg/ffprobe input options that confine what opening ``value`` may open besides it."""
+    if value is None:
+        return []
+    if is_url(value):
+        protocols = URL_PROTOCOLS.get(value.split(":", 1)[0].lower())
+        if protocols is None:
+            raise PlanError("input_scheme_refused", "this input's scheme is not one FFmpeg may open here")
+        return ["-protocol_whitelist", protocols]
+    return ["-protocol_whitelist", "file", "-format_whitelist", LOCAL_DEMUXERS]
 
 
 def under_root(path: str, roots: list[str]) -> str | None:
@@ -315,13 +357,13 @@ def build_plan(spec: JobSpec, job_id: str, attempt: int, ctx: AgentContext) -> P
     elif is_url(spec.input):
         if spec.input.startswith(("http://", "https://")):
             argv += ["-rw_timeout", "15000000"]
-        argv += ["-i", spec.input]
+        argv += [*input_guard(spec.input), "-i", spec.input]
         input_desc = spec.input
         fit = True
         audio_map = ["-map", "0:v:0", "-map", "0:a:0?"]
     else:
         path = resolve_input(spec.input, ctx)
-        argv += (["-re"] if realtime else []) + ["-i", "file:" + path]
+        argv += (["-re"] if realtime else []) + [*input_guard(path), "-i", "file:" + path]
         input_desc = path
         fit = True
         audio_map = ["-map", "0:v:0", "-map", "0:a:0?"]

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -22,7 +21,9 @@ from collections import deque
 from typing import Any
 
 from ffrtmp.pdeath import die_with
-from ffrtmp.rundir import RunDir, read_json, write_json_atomic
+from ffrtmp.rundir import RunDir, read_json, remove_path, used_bytes, write_json_atomic
+
+from .egress import EgressProxy
 
 STDERR_CAP_BYTES = 4 * 1024 * 1024
 TAIL_LINES = 40
@@ -113,11 +114,18 @@ def supervise(
     env: dict[str, str] | None = None,
     orphan_after: float | None = None,
     tmp_output: str | None = None,
+    egress: list[str] | None = None,
 ) -> int:
     """Run FFmpeg, keep the run directory current, return its exit code. SIGTERM/SIGINT to this
-    process are forwarded to FFmpeg (which then finalizes its output)."""
+    process are forwarded to FFmpeg (which then finalizes its output). With ``egress`` (the
+    networks opened inside), FFmpeg's HTTP(S) goes through this run's egress proxy."""
     rd = RunDir(run_dir)
     me = os.getpid()
+    refused: list[dict[str, Any]] = []
+    proxy = None
+    if egress is not None:
+        proxy = EgressProxy(egress, refused.append).start()
+        env = _proxied_env(env, proxy.url)
     proc = subprocess.Popen(
         argv,
         stdin=subprocess.DEVNULL,
@@ -162,8 +170,16 @@ def supervise(
             block = {}
     rc = proc.wait()
     t.join(timeout=5)
-    if state["orphaned"] and tmp_output:
-        remove_path(tmp_output)  # nobody will publish it: never leave a half file behind
+    partial_bytes = None
+    if tmp_output and (rc != 0 or state["orphaned"]):
+        # nobody publishes the output of a run that failed or was stopped: never leave a
+        # half file behind, even when its watcher is gone (what it took is kept for the
+        # disk-full marker)
+        partial_bytes = used_bytes(tmp_output)
+        remove_path(tmp_output)
+    if proxy is not None:
+        proxy.shutdown()
+        proxy.server_close()
     with open(RunDir(run_dir).file("stderr.tail"), "w") as fh:
         fh.write("\n".join(tail))
     write_json_atomic(
@@ -173,69 +189,87 @@ def supervise(
             "signal": -rc if rc < 0 else None,
             "time": time.time(),
             "orphaned": state["orphaned"],
+            "partial_bytes": partial_bytes,
+            "egress_refused": refused[:20],
         },
     )
     return rc
 
 
-def remove_path(path: str) -> None:
-    if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
+def _proxied_env(env: dict[str, str] | None, proxy_url: str) -> dict[str, str]:
+    """FFmpeg's environment with every HTTP(S) connection sent to the egress proxy: its own
+    ``http_proxy`` (HTTPS tunnels through it too) and no ``no_proxy`` exemption."""
+    out = {k: v for k, v in (os.environ if env is None else env).items() if k.lower() not in _PROXY_VARS}
+    out["http_proxy"] = proxy_url
+    return out
+
+
+_PROXY_VARS = ("http_proxy", "https_proxy", "no_proxy", "all_proxy")
 
 
 def spawn_detached(
     run_dir: str,
     argv: list[str],
-    env: dict[str, str] | None = None,
     orphan_after: float | None = None,
     tmp_output: str | None = None,
+    egress: list[str] | None = None,
 ) -> int:
-    """Start ``supervise`` in a child that leads its own session, so it outlives the caller's
-    process group (the RQ horse's) and, when the caller dies, is reparented to init or the
-    nearest subreaper. One fork, not two: the caller reaps the child with ``reap`` (it lives as
-    long as the caller watches it). ``run_dir`` must exist (``RunDir.create``). Returns the
-    supervisor's pid."""
+    """Start the supervisor (``python -m agent.runner RUN_DIR``) as a new program leading its own
+    session, so it outlives the caller's process group (the RQ horse's) and, when the caller
+    dies, is reparented to init or the nearest subreaper. It is exec'd, not merely forked: a
+    forked copy of the horse would carry the horse's Python objects over file descriptors it
+    must close, and one of them being freed later closed a descriptor the supervisor had
+    reused (an intermittent EBADF that failed jobs as ffmpeg_not_started). Only stdin (null)
+    and stderr (runner.log) are handed over; Python's descriptors are close-on-exec. The
+    caller reaps it with ``reap``. ``run_dir`` must exist (``RunDir.create``). Returns its pid."""
+    rd = RunDir(run_dir)
     write_json_atomic(
-        RunDir(run_dir).file("cmd.json"),
-        {"argv": argv, "orphan_after": orphan_after, "tmp_output": tmp_output},
+        rd.file("cmd.json"),
+        {"argv": argv, "orphan_after": orphan_after, "tmp_output": tmp_output, "egress": egress},
     )
-    RunDir(run_dir).touch_owner()
-    pid = os.fork()
-    if pid:
-        return pid
+    rd.touch_owner()
+    actions = [
+        (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDWR, 0),
+        (os.POSIX_SPAWN_DUP2, 0, 1),
+        (os.POSIX_SPAWN_OPEN, 2, rd.file("runner.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644),
+    ]
+    exe = sys.executable
+    # -P: the caller's working directory is not put on the path (a directory named agent there
+    # must not stand in for the package); an empty mask: no signal blocked by the caller stays so
+    return os.posix_spawn(
+        exe,
+        [exe, "-P", "-m", "agent.runner", run_dir],
+        dict(os.environ),
+        file_actions=actions,
+        setsid=True,
+        setsigmask=(),
+    )
+
+
+def _supervisor_main(run_dir: str) -> int:
+    """The supervisor program: run the command ``cmd.json`` names, record how it ended."""
+    rd = RunDir(run_dir)
+    write_json_atomic(rd.file("supervisor.json"), {"pid": os.getpid(), "time": time.time()})
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
     try:
-        os.setsid()
-        write_json_atomic(RunDir(run_dir).file("supervisor.json"), {"pid": os.getpid(), "time": time.time()})
-        devnull = os.open(os.devnull, os.O_RDWR)
-        log = os.open(RunDir(run_dir).file("runner.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        os.dup2(devnull, 0)
-        os.dup2(devnull, 1)
-        os.dup2(log, 2)
-        for fd in os.listdir("/proc/self/fd") if os.path.isdir("/proc/self/fd") else ():
-            if int(fd) > 2:
-                with contextlib.suppress(OSError):
-                    os.close(int(fd))
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-        signal.setitimer(signal.ITIMER_REAL, 0)  # never inherit the horse's RQ job-timeout alarm
-        signal.signal(signal.SIGALRM, signal.SIG_IGN)
-        code = 0
-        try:
-            supervise(run_dir, argv, env, orphan_after, tmp_output)
-        except BaseException as exc:
-            print(f"runner failed: {exc!r}", file=sys.stderr)
-            if read_json(RunDir(run_dir).file("exit.json")) is None:
-                write_json_atomic(
-                    RunDir(run_dir).file("exit.json"),
-                    {"returncode": 127, "signal": None, "time": time.time(), "runner_error": repr(exc)},
-                )
-            code = 1
-        os._exit(code)
-    except BaseException:
-        os._exit(1)
+        cmd = read_json(rd.file("cmd.json")) or {}
+        argv = cmd["argv"]
+        if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
+            raise ValueError("cmd.json names no command")
+        egress = cmd.get("egress")
+        if egress is not None and not (isinstance(egress, list) and all(isinstance(n, str) for n in egress)):
+            raise ValueError("cmd.json's egress is not a list of networks")
+        supervise(run_dir, argv, None, cmd.get("orphan_after"), cmd.get("tmp_output"), egress)
+    except BaseException as exc:
+        print(f"runner failed: {exc!r}", file=sys.stderr)
+        if read_json(rd.file("exit.json")) is None:
+            write_json_atomic(
+                rd.file("exit.json"),
+                {"returncode": 127, "signal": None, "time": time.time(), "runner_error": repr(exc)},
+            )
+        return 1
+    return 0
 
 
 def reap(pid: int) -> bool:
@@ -245,3 +279,7 @@ def reap(pid: int) -> bool:
     except ChildProcessError:
         return True
     return done == pid
+
+
+if __name__ == "__main__":
+    sys.exit(_supervisor_main(sys.argv[1]))

@@ -8,7 +8,7 @@ import subprocess
 from typing import Any
 
 from .outcome import DURATION_TOLERANCE_RATIO, DURATION_TOLERANCE_S, duration_ok
-from .pipeline import PROBE_CODEC_NAMES, Plan
+from .pipeline import PROBE_CODEC_NAMES, Plan, input_guard
 
 
 class VerifyError(Exception):
@@ -21,8 +21,11 @@ class IncompleteOutput(VerifyError):
     reason = "output_incomplete"
 
 
-def ffprobe_json(path: str, ffprobe: str = "ffprobe", timeout: float = 60) -> dict[str, Any]:
-    argv = [ffprobe, "-v", "error", "-print_format", "json", "-show_format", "-show_streams", path]
+def ffprobe_json(
+    path: str, ffprobe: str = "ffprobe", timeout: float = 60, guard: list[str] | None = None
+) -> dict[str, Any]:
+    argv = [ffprobe, "-v", "error", *(guard or []), "-print_format", "json", "-show_format", "-show_streams"]
+    argv.append(path)
     try:
         res = subprocess.run(argv, capture_output=True, timeout=timeout, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
@@ -35,8 +38,9 @@ def ffprobe_json(path: str, ffprobe: str = "ffprobe", timeout: float = 60) -> di
 
 
 def media_duration(path: str, ffprobe: str = "ffprobe") -> float | None:
+    """The duration of an input, probed under the same confinement FFmpeg runs it with."""
     try:
-        info = ffprobe_json(path, ffprobe, timeout=30)
+        info = ffprobe_json(path, ffprobe, timeout=30, guard=input_guard(path))
         return float(info.get("format", {}).get("duration"))
     except (VerifyError, TypeError, ValueError):
         return None

@@ -139,6 +139,13 @@ class FleetWorker(Worker):
         self._raised = exc_info[1] if len(exc_info) > 1 else None
         super().handle_exception(job, *exc_info)
 
+    def subscribe(self) -> None:
+        """No pubsub channel: ffrtmp never sends RQ's worker commands (a cancel is a key the
+        attempt polls, a stop is a signal to the agent), and a subscription holds one more
+        Redis connection per slot open for nothing (measured: idle slots then need one, not
+        two; see docs/benchmarks.md on the connection budget)."""
+        self.pubsub_thread = None
+
     def clean_registries(self) -> None:
         """The coordinator's recovery loop owns the registries (fenced, per job); a stock
         cleanup here would requeue abandoned jobs behind its back."""

@@ -6,7 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ffrtmp.auth import KeyRing
-from ffrtmp.jobs import SubmitDefaults
+from ffrtmp.submit import SubmitDefaults
+
+from .ratelimit import Limits
+from .webhooks import WebhookConfig
 
 
 @dataclass
@@ -20,3 +23,5 @@ class CoordinatorConfig:
     input_roots: list[str] = field(default_factory=list)
     output_roots: list[str] = field(default_factory=list)
     run_recovery: bool = True
+    limits: Limits | None = None  # None: no rate limits
+    webhooks: WebhookConfig = field(default_factory=WebhookConfig)

@@ -4,21 +4,30 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import ssl
 import sys
 from typing import Any
+from urllib.parse import urlsplit
 
 import click
 from aiohttp import web
+from limits import RateLimitItem
 
 from ffrtmp import options
-from ffrtmp.auth import ApiKey, KeyFileError, KeyRing, hash_key, parse_key_file
+from ffrtmp.auth import ApiKey, KeyFileError, KeyRing, hash_key, read_key_file
 from ffrtmp.durations import DURATION
-from ffrtmp.jobs import Retention, SubmitDefaults
-from ffrtmp.logs import reopen_on_sighup, setup_logging
+from ffrtmp.keys import Retention
+from ffrtmp.logs import reopen_logs, setup_logging
+from ffrtmp.networks import parse_networks
 from ffrtmp.redisconn import connect
+from ffrtmp.submit import SubmitDefaults
+from ffrtmp.tls import ServerTls, TlsError, server_tls
 
 from .app import build_app
 from .config import CoordinatorConfig
+from .ratelimit import Limits, parse_limit
+from .webhooks import WebhookConfig
 
 log = logging.getLogger("ffrtmp.coordinator")
 
@@ -27,12 +36,9 @@ def load_keys(keys_file: str | None) -> KeyRing:
     keys: list[ApiKey] = []
     if keys_file:
         try:
-            with open(keys_file) as fh:
-                keys += parse_key_file(fh.read())
-        except OSError as exc:
-            raise click.UsageError(f"cannot read --api-keys-file: {exc.strerror}") from None
+            keys += read_key_file(keys_file)
         except KeyFileError as exc:
-            raise click.UsageError(f"--api-keys-file {keys_file}: {exc}") from None
+            raise click.UsageError(f"--api-keys-file: {exc}") from None
     env_key = os.environ.get("FFRTMP_API_KEY")
     if env_key:
         keys.append(ApiKey("env-admin", "admin", hash_key(env_key)))
@@ -42,6 +48,37 @@ def load_keys(keys_file: str | None) -> KeyRing:
             "(create one with: ffrtmp keys new NAME --role admin)"
         )
     return KeyRing(keys)
+
+
+def _limit(_ctx: click.Context, param: click.Parameter, value: str) -> RateLimitItem | None:
+    try:
+        return parse_limit(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param=param) from None
+
+
+def _limits(kw: dict[str, Any]) -> Limits:
+    try:
+        proxies = tuple(parse_networks(list(kw["trusted_proxies"])))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--trusted-proxy") from None
+    return Limits(kw["rate_limit_key"], kw["rate_limit_address"], kw["rate_limit_failed_auth"], proxies)
+
+
+def on_sighup(tls: ServerTls | None, ctx: ssl.SSLContext | None) -> None:
+    """SIGHUP reopens the log file and reloads the TLS certificate and key (rotation without a
+    restart: handshakes after it use the new pair; a bad pair keeps the old one, logged)."""
+
+    def handle(_signum: int, _frame: Any) -> None:
+        reopen_logs()
+        if tls and ctx:
+            try:
+                tls.reload(ctx)
+                log.info("TLS certificate reloaded from %s", tls.cert)
+            except TlsError as exc:
+                log.error("TLS certificate not reloaded, the old one stays: %s", exc)
+
+    signal.signal(signal.SIGHUP, handle)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -115,11 +152,98 @@ def load_keys(keys_file: str | None) -> KeyRing:
     "Absolute input paths must be under one of these (checked again on the agent).",
     "Absolute output paths must be under one of these (checked again on the agent).",
 )
+@click.option(
+    "--tls-cert",
+    envvar="FFRTMP_TLS_CERT",
+    type=click.Path(dir_okay=False),
+    help="Serve HTTPS with this certificate (PEM, chain included); reloaded on SIGHUP.",
+)
+@click.option("--tls-key", envvar="FFRTMP_TLS_KEY", type=click.Path(dir_okay=False), help="Its private key.")
+@click.option(
+    "--tls-client-ca",
+    envvar="FFRTMP_TLS_CLIENT_CA",
+    type=click.Path(dir_okay=False),
+    help="Require client certificates signed by this CA (mTLS): others fail the handshake.",
+)
+@click.option(
+    "--rate-limit-key",
+    envvar="FFRTMP_RATE_LIMIT_KEY",
+    default="200/second",
+    show_default=True,
+    callback=_limit,
+    help="Requests per API key, shared by every coordinator through Redis ('off' for none).",
+)
+@click.option(
+    "--rate-limit-address",
+    envvar="FFRTMP_RATE_LIMIT_ADDRESS",
+    default="400/second",
+    show_default=True,
+    callback=_limit,
+    help="Requests per client address that need a key ('off' for none).",
+)
+@click.option(
+    "--rate-limit-failed-auth",
+    envvar="FFRTMP_RATE_LIMIT_FAILED_AUTH",
+    default="30/minute",
+    show_default=True,
+    callback=_limit,
+    help="Wrong or missing keys per client address; past it the address gets 429 for everything.",
+)
+@click.option(
+    "--trusted-proxy",
+    "trusted_proxies",
+    envvar="FFRTMP_TRUSTED_PROXIES",
+    multiple=True,
+    help="A proxy (address or CIDR) whose X-Forwarded-For names the client (HAProxy in front). Repeatable.",
+)
+@click.option(
+    "--header-timeout",
+    envvar="FFRTMP_HEADER_TIMEOUT",
+    type=DURATION,
+    default="15s",
+    show_default=True,
+    help="A connection that has not sent a whole request head within this is closed; an idle "
+    "keep-alive connection too.",
+)
+@click.option(
+    "--webhook-secret",
+    envvar="FFRTMP_WEBHOOK_SECRET",
+    default="",
+    help="HMAC key that signs webhook deliveries; without it no webhook is sent and jobs with a "
+    "callback_url are refused.",
+)
+@click.option(
+    "--webhook-url",
+    "webhook_urls",
+    envvar="FFRTMP_WEBHOOK_URLS",
+    multiple=True,
+    help="An http(s) URL that gets every job's end (job.completed, job.failed, ...). Repeatable.",
+)
+@click.option(
+    "--allow-webhook-network",
+    "webhook_networks",
+    envvar="FFRTMP_ALLOW_WEBHOOK_NETWORKS",
+    multiple=True,
+    help="A network inside (CIDR) webhooks may reach; by default only public addresses. Repeatable.",
+)
+@click.option(
+    "--webhook-retry-base",
+    envvar="FFRTMP_WEBHOOK_RETRY_BASE",
+    type=DURATION,
+    default="2s",
+    show_default=True,
+    help="First back-off between delivery attempts (doubling, at most 10 min; 8 attempts).",
+)
 @options.logging("coordinator")
 def main(**kw: Any) -> None:
     """Run the ffrtmp coordinator (REST API, recovery loop, metrics)."""
     setup_logging("coordinator", kw["log_level"], kw["log_dir"])
-    reopen_on_sighup()
+    try:
+        tls = server_tls(kw["tls_cert"], kw["tls_key"], kw["tls_client_ca"])
+        ssl_context = tls.context() if tls else None
+    except TlsError as exc:
+        raise click.UsageError(str(exc)) from None
+    on_sighup(tls, ssl_context)
     keys = load_keys(kw["api_keys_file"])
     hb = kw["heartbeat_interval"]
     cfg = CoordinatorConfig(
@@ -136,22 +260,43 @@ def main(**kw: Any) -> None:
         scheduler_interval=max(0.5, kw["scheduler_interval"]),
         input_roots=[os.path.normpath(p) for p in kw["input_roots"]],
         output_roots=[os.path.normpath(p) for p in kw["output_roots"]],
+        limits=_limits(kw),
+        webhooks=_webhooks(kw),
     )
     # Handlers run their Redis work in a small thread pool (coordinator.app.Api.run), never on
     # the event loop; a stalled Redis is bounded by the socket timeout.
     conn = connect(cfg.redis_url, socket_timeout=5)
     app = build_app(cfg, conn)
-    log.info("coordinator listening on %s:%s (%d API keys)", kw["host"], kw["port"], len(keys))
+    scheme = "https" if ssl_context else "http"
+    if ssl_context and kw["tls_client_ca"]:
+        scheme += " with client certificates"
+    log.info("coordinator listening on %s:%s, %s (%d API keys)", kw["host"], kw["port"], scheme, len(keys))
     web.run_app(
         app,
         host=kw["host"],
         port=kw["port"],
+        ssl_context=ssl_context,
+        keepalive_timeout=max(1.0, kw["header_timeout"]),
         access_log=None,
         print=None,
         handle_signals=True,
         shutdown_timeout=5,
     )
     sys.exit(0)
+
+
+def _webhooks(kw: dict[str, Any]) -> WebhookConfig:
+    urls = [u for v in kw["webhook_urls"] for u in v.split()]
+    for url in urls:
+        if urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).hostname:
+            raise click.UsageError(f"--webhook-url: '{url}' is not an http(s) URL")
+    if urls and not kw["webhook_secret"]:
+        raise click.UsageError("--webhook-url needs --webhook-secret (deliveries are signed)")
+    try:
+        parse_networks(list(kw["webhook_networks"]))
+    except ValueError as exc:
+        raise click.UsageError(f"--allow-webhook-network: {exc}") from None
+    return WebhookConfig(kw["webhook_secret"], urls, list(kw["webhook_networks"]), kw["webhook_retry_base"])
 
 
 if __name__ == "__main__":

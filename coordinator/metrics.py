@@ -29,7 +29,7 @@ from rq.registry import (
 from rq.utils import utcparse
 
 from ffrtmp import __version__, stats
-from ffrtmp.nodes import list_nodes
+from ffrtmp.nodes import FleetSummary, fleet_summary
 from ffrtmp.queues import ALL_QUEUES, TIERS, split_queue
 from ffrtmp.rqjob import SafeJob, rq_queue
 
@@ -44,7 +44,9 @@ REGISTRIES = {
     "scheduled": ScheduledJobRegistry,
     "canceled": CanceledJobRegistry,
 }
-NODE_STATES = ("alive", "draining", "dead", "stopped")
+
+
+PROBE_TIMEOUT_S = 0.8  # a scrape learns that Redis is not answering within this
 
 
 class CoordinatorMetrics:
@@ -53,6 +55,23 @@ class CoordinatorMetrics:
         self.cfg = cfg
         self.registry = CollectorRegistry()
         self.registry.register(self)
+        self._probe = _probe_client(conn)
+        self._down = CollectorRegistry()
+        self._down.register(_RedisDown())
+
+    def redis_answers(self) -> bool:
+        """Does Redis answer a PING within PROBE_TIMEOUT_S? A frozen Redis must not hold a scrape
+        past the scrape timeout: then the scrape says ffrtmp_redis_up 0 at once, and the
+        RedisDown alert fires instead of CoordinatorDown."""
+        try:
+            return self._probe is not None and bool(self._probe.ping())
+        except (redis.RedisError, OSError):
+            return False
+
+    def exposition_while_down(self) -> bytes:
+        from prometheus_client import generate_latest
+
+        return generate_latest(self._down)
 
     def queue_stats(self) -> list[dict[str, Any]]:
         now = time.time()
@@ -100,7 +119,7 @@ class CoordinatorMetrics:
         yield info
         try:
             queues = self.queue_stats()
-            nodes = list_nodes(self.conn, self.cfg.heartbeat_timeout)
+            fleet = fleet_summary(self.conn, self.cfg.heartbeat_timeout)
             with self.conn.pipeline(transaction=False) as pipe:
                 for key in (
                     stats.SUBMITTED,
@@ -127,7 +146,7 @@ class CoordinatorMetrics:
         submitted, finished, requeues, cancels, sla, fenced = raw[:6]
         hists = raw[6:-1]
         yield from self._queue_metrics(queues)
-        yield from self._node_metrics(nodes, raw[-1])
+        yield from self._node_metrics(fleet, raw[-1])
 
         c = CounterMetricFamily(
             "ffrtmp_jobs_submitted", "Jobs accepted by the API", labels=["tier", "priority"]
@@ -201,41 +220,56 @@ class CoordinatorMetrics:
         yield jobs
         yield age
 
-    def _node_metrics(self, nodes: list[dict[str, Any]], workers: int):  # type: ignore[no-untyped-def]
+    def _node_metrics(self, fleet: FleetSummary, workers: int):  # type: ignore[no-untyped-def]
+        """Fleet gauges from one aggregate; per-node series only for the nodes that are down
+        (what the AgentDown alert needs). Per-node detail is each agent's own /metrics."""
         g_nodes = GaugeMetricFamily("ffrtmp_nodes", "Agents by state", labels=["state"])
-        counts = dict.fromkeys(NODE_STATES, 0)
-        up = GaugeMetricFamily(
-            "ffrtmp_node_up",
-            "1 while a node heartbeats, 0 once it missed its heartbeats (cleanly stopped nodes are left out)",
-            labels=["node"],
-        )
-        slots = GaugeMetricFamily("ffrtmp_node_slots", "Job slots per live node", labels=["node", "state"])
-        age = GaugeMetricFamily(
-            "ffrtmp_node_heartbeat_age_seconds", "Seconds since the node's last heartbeat", labels=["node"]
-        )
-        fleet_total = fleet_busy = 0
-        for n in nodes:
-            counts[n["state"]] = counts.get(n["state"], 0) + 1
-            live = n["state"] in ("alive", "draining")
-            if n["state"] != "stopped":  # a cleanly stopped agent is not "down"
-                up.add_metric([n["name"]], 1 if live else 0)
-            age.add_metric([n["name"]], n["heartbeat_age_s"])
-            if live:
-                total, busy = int(n.get("slots", 0)), int(n.get("slots_busy", 0))
-                slots.add_metric([n["name"], "total"], total)
-                slots.add_metric([n["name"], "busy"], busy)
-                fleet_total += total
-                fleet_busy += busy
-        for state, c in counts.items():
+        for state, c in fleet.states.items():
             g_nodes.add_metric([state], c)
         yield g_nodes
+        up = GaugeMetricFamily(
+            "ffrtmp_node_up",
+            "0 for each node that missed its heartbeats (live and cleanly stopped nodes are left out)",
+            labels=["node"],
+        )
+        age = GaugeMetricFamily(
+            "ffrtmp_node_heartbeat_age_seconds", "Seconds since a down node's last heartbeat", labels=["node"]
+        )
+        for name, seconds in fleet.down:
+            up.add_metric([name], 0)
+            age.add_metric([name], seconds)
         yield up
-        yield slots
         yield age
         g_slots = GaugeMetricFamily("ffrtmp_fleet_slots", "Job slots on live agents", labels=["state"])
-        g_slots.add_metric(["busy"], fleet_busy)
-        g_slots.add_metric(["total"], fleet_total)
+        g_slots.add_metric(["busy"], fleet.slots_busy)
+        g_slots.add_metric(["total"], fleet.slots_total)
         yield g_slots
         w = GaugeMetricFamily("rq_workers", "RQ workers registered (one per agent slot)")
         w.add_metric([], workers)
         yield w
+
+
+def _probe_client(conn: redis.Redis | None) -> redis.Redis | None:
+    """A client of the same Redis with short timeouts (its own pool: the main pool's
+    connections may all be held by calls that a frozen Redis keeps waiting)."""
+    if conn is None:
+        return None
+    pool = conn.connection_pool
+    kwargs = {
+        **pool.connection_kwargs,
+        "socket_timeout": PROBE_TIMEOUT_S,
+        "socket_connect_timeout": PROBE_TIMEOUT_S,
+    }
+    return redis.Redis(connection_pool=type(pool)(connection_class=pool.connection_class, **kwargs))
+
+
+class _RedisDown:
+    """What a scrape says while Redis does not answer: the build and ffrtmp_redis_up 0."""
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        info = InfoMetricFamily("ffrtmp_coordinator_build", "Coordinator version")
+        info.add_metric([], {"version": __version__})
+        yield info
+        g_up = GaugeMetricFamily("ffrtmp_redis_up", "1 if the coordinator can read Redis")
+        g_up.add_metric([], 0)
+        yield g_up

@@ -8,9 +8,15 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from ffrtmp import __version__
-from ffrtmp.model import JobSpec, JobState
+from ffrtmp.model import NODE_NAME, JobSpec
+from ffrtmp.nodes import NODE_STATES
+from ffrtmp.queues import ALL_QUEUES, TIERS
+from ffrtmp.submit import MAX_BATCH
+from ffrtmp.terms import JobState
 
 from .routes import ROUTES
+
+NODE_PATTERN = f"^{NODE_NAME.pattern}$"
 
 
 class HistoryEntry(BaseModel):
@@ -71,6 +77,14 @@ def _err(description: str) -> dict[str, Any]:
     return _json(_ref("Error"), description)
 
 
+def _jobs_list() -> dict[str, Any]:
+    return {
+        "type": "object",
+        "properties": {"jobs": {"type": "array", "items": _ref("JobView")}},
+        "required": ["jobs"],
+    }
+
+
 @cache
 def openapi_spec() -> dict[str, Any]:
     schemas: dict[str, Any] = {}
@@ -78,7 +92,12 @@ def openapi_spec() -> dict[str, Any]:
         s = model.model_json_schema(ref_template="#/components/schemas/{model}", by_alias=True)
         schemas.update(s.pop("$defs", {}))
         schemas[model.__name__] = s
-    auth = {"401": _err("missing or invalid API key"), "403": _err("the key's role is not enough")}
+    auth = {
+        "401": _err("missing or invalid API key"),
+        "403": _err("the key's role is not enough"),
+        "429": _err("a rate limit was reached; Retry-After says when to try again"),
+        "503": _err("the job store (Redis) is unreachable; retry shortly"),
+    }
     id_param = [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}]
     obj = {"type": "object"}
     details: dict[str, dict[str, Any]] = {
@@ -86,8 +105,41 @@ def openapi_spec() -> dict[str, Any]:
             "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("JobSpec")}}},
             "responses": {
                 "201": _json(_ref("JobView"), "queued"),
-                "400": _err("body is not JSON"),
+                "200": _json(_ref("JobView"), "a repeat of an Idempotency-Key: the job it made"),
+                "400": _err("body is not JSON, or a malformed Idempotency-Key"),
+                "409": _err("the Idempotency-Key was used for another request"),
+                "413": _err("body over 64 KiB"),
                 "422": _err("a field is invalid; `field` names it"),
+            },
+        },
+        "submitJobs": {
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "properties": {
+                                "jobs": {
+                                    "type": "array",
+                                    "items": _ref("JobSpec"),
+                                    "minItems": 1,
+                                    "maxItems": MAX_BATCH,
+                                }
+                            },
+                            "required": ["jobs"],
+                            "additionalProperties": False,
+                        }
+                    }
+                },
+            },
+            "responses": {
+                "201": _json(_jobs_list(), "all queued, in the order given"),
+                "200": _json(_jobs_list(), "a repeat of an Idempotency-Key: the jobs it made"),
+                "400": _err("body is not JSON, or a malformed Idempotency-Key"),
+                "409": _err("the Idempotency-Key was used for another request"),
+                "413": _err("body over 2 MiB"),
+                "422": _err("an item is invalid (`field` is jobs[i].<field>); nothing was queued"),
             },
         },
         "listJobs": {
@@ -97,14 +149,20 @@ def openapi_spec() -> dict[str, Any]:
                     "in": "query",
                     "schema": {"type": "string", "enum": [s.value for s in JobState]},
                 },
-                {"name": "queue", "in": "query", "schema": {"type": "string"}},
-                {"name": "node", "in": "query", "schema": {"type": "string"}},
+                {"name": "queue", "in": "query", "schema": {"type": "string", "enum": [*TIERS, *ALL_QUEUES]}},
+                {"name": "node", "in": "query", "schema": {"type": "string", "pattern": NODE_PATTERN}},
+                {
+                    "name": "label",
+                    "in": "query",
+                    "description": "key=value: jobs submitted with this label",
+                    "schema": {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_.-]{0,62}=.{0,128}$"},
+                },
                 {
                     "name": "limit",
                     "in": "query",
                     "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 50},
                 },
-                {"name": "cursor", "in": "query", "schema": {"type": "string"}},
+                {"name": "cursor", "in": "query", "schema": {"type": "string", "pattern": "^[0-9]{1,18}$"}},
             ],
             "responses": {
                 "200": _json(
@@ -138,7 +196,33 @@ def openapi_spec() -> dict[str, Any]:
                 "409": _err("the job is not in a retryable state"),
             }
         },
-        "listNodes": {"responses": {"200": _json(obj, "nodes")}},
+        "listNodes": {
+            "parameters": [
+                {"name": "state", "in": "query", "schema": {"type": "string", "enum": list(NODE_STATES)}},
+                {"name": "draining", "in": "query", "schema": {"type": "string", "enum": ["true", "false"]}},
+                {"name": "encoder", "in": "query", "schema": {"type": "string", "pattern": NODE_PATTERN}},
+                {"name": "cursor", "in": "query", "schema": {"type": "string", "pattern": NODE_PATTERN}},
+                {
+                    "name": "limit",
+                    "in": "query",
+                    "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 1000},
+                },
+            ],
+            "responses": {
+                "200": _json(
+                    {
+                        "type": "object",
+                        "properties": {
+                            "nodes": {"type": "array", "items": obj},
+                            "next_cursor": {"type": ["string", "null"]},
+                        },
+                        "required": ["nodes", "next_cursor"],
+                    },
+                    "a page of nodes by name (go on from next_cursor)",
+                ),
+                "422": _err("a query parameter is invalid; `field` names it"),
+            },
+        },
         "getNode": {"responses": {"200": _json(obj, "node"), "404": _err("no such node")}},
         "drainNode": {"responses": {"200": _json(obj, "node"), "404": _err("no such node")}},
         "undrainNode": {"responses": {"200": _json(obj, "node"), "404": _err("no such node")}},
@@ -156,7 +240,7 @@ def openapi_spec() -> dict[str, Any]:
         "openapi": {"responses": {"200": _json(obj, "OpenAPI 3 document")}},
     }
     paths: dict[str, Any] = {}
-    for route in ROUTES:
+    for route in (r for r in ROUTES if not r.console):
         op: dict[str, Any] = {"summary": route.summary, "operationId": route.operation_id}
         extra = details[route.operation_id]
         if "{id}" in route.path:

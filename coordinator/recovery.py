@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -24,7 +25,7 @@ from rq import worker_registration
 from ffrtmp import keys, lifecycle
 from ffrtmp.lifecycle import Lease
 from ffrtmp.nodes import node_key
-from ffrtmp.queues import ALL_QUEUES
+from ffrtmp.queues import queues_in_use
 from ffrtmp.rqjob import SafeJob, rq_queue
 from ffrtmp.timing import execution_ttl, renewal_interval
 
@@ -35,6 +36,7 @@ log = logging.getLogger("ffrtmp.coordinator.recovery")
 LEADER_KEY = keys.RECOVERY_LEADER
 LOST_CONFIRM_S = 5.0
 EXPIRED_PER_QUEUE = 500  # bounds one tick's work per queue; the rest waits for the next tick
+HOUSEKEEPING_S = 60  # each queue's RQ registry expiry and dead-worker sweep, once this often
 
 # Renew only if we still hold it; never steal it.
 _RENEW = """
@@ -73,6 +75,7 @@ class Recovery:
         self._failing_since: float | None = None
         self.hold_until = 0.0  # expired executions are left alone until then
         self.errors = 0  # records skipped because handling them raised
+        self._housekeeping_at = 0  # where the next slice of housekeeping starts
 
     def lease_ms(self) -> int:
         return int(max(3 * self.cfg.scheduler_interval, 5) * 1000)
@@ -205,8 +208,10 @@ class Recovery:
             return True
         return False
 
-    def clean_queue(self, q: Any, now: float) -> None:
-        self.abandon_expired(q, now)
+    def housekeep(self, q: Any) -> None:
+        """RQ's registry expiry and dead-worker sweep for one queue: each queue once per
+        ``HOUSEKEEPING_S``, a slice of them per tick (the worker sweep reads every worker of
+        the queue, which grows with the fleet)."""
         for reg in (q.finished_job_registry, q.failed_job_registry, q.deferred_job_registry):
             try:
                 reg.cleanup()
@@ -215,8 +220,35 @@ class Recovery:
                 self.errors += 1
         worker_registration.clean_worker_registry(q)
 
+    def _expired_queues(self, names: list[str], now: float) -> list[str]:
+        """The queues with an expired execution, asked of all queues in one round trip."""
+        with self.conn.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.zrangebyscore(rq_queue(name, self.conn).started_job_registry.key, 0, now, start=0, num=1)
+            found = pipe.execute()
+        return [name for name, hit in zip(names, found, strict=True) if hit]
+
+    def _housekeeping_slice(self, names: list[str]) -> list[str]:
+        per_tick = max(1, math.ceil(len(names) * self.cfg.scheduler_interval / HOUSEKEEPING_S))
+        start = self._housekeeping_at % max(1, len(names))
+        self._housekeeping_at = start + per_tick
+        return (names[start:] + names[:start])[:per_tick]
+
+    def prune_nodes(self, now: float) -> int:
+        """Forget nodes that have not beaten for the node records' lifetime (their records
+        are gone): the heartbeat index and the fleet summary would otherwise only grow."""
+        gone = self.conn.zrangebyscore(keys.NODES_INDEX, "-inf", now - keys.NODE_TTL_S, start=0, num=1000)
+        if gone:
+            with self.conn.pipeline(transaction=False) as pipe:
+                pipe.zrem(keys.NODES_INDEX, *gone)
+                pipe.hdel(keys.NODE_SUMMARY, *gone)
+                pipe.execute()
+        return len(gone)
+
     def tick(self) -> int:
-        """One recovery pass; returns the number of queues cleaned."""
+        """One recovery pass; returns the number of queues it took the maintenance lock of.
+        What it costs grows with what changed (expired executions, lost jobs), not with the
+        fleet: the expiry check is one pipelined round trip over every queue."""
         now = time.time()
         self._note_redis(now)
         was_leader = self.is_leader
@@ -225,21 +257,30 @@ class Recovery:
         if not was_leader:  # it cannot know what happened before: workers renew first
             self.hold_until = max(self.hold_until, now + self.hold_s())
         self.sweep_lost(now)
-        held = now < self.hold_until
         cleaned = 0
-        for name in ALL_QUEUES:
-            if held:
-                break
-            q = rq_queue(name, self.conn)
-            if not q.acquire_maintenance_lock():
-                continue  # a worker is cleaning this queue right now
-            try:
-                self.clean_queue(q, now)
-                cleaned += 1
-            finally:
-                q.release_maintenance_lock()
+        if now >= self.hold_until:
+            names = queues_in_use(self.conn)
+            chores = {n: False for n in self._expired_queues(names, now)}
+            chores.update({n: True for n in self._housekeeping_slice(names)})
+            for name, housekeeping in chores.items():
+                cleaned += self._clean(name, now, housekeeping)
+            if self._housekeeping_at >= len(names):
+                self._housekeeping_at = 0
+                self.prune_nodes(now)
         self._last_ok = time.time()
         return cleaned
+
+    def _clean(self, name: str, now: float, housekeeping: bool) -> int:
+        q = rq_queue(name, self.conn)
+        if not q.acquire_maintenance_lock():
+            return 0  # a worker is cleaning this queue right now
+        try:
+            self.abandon_expired(q, now)
+            if housekeeping:
+                self.housekeep(q)
+        finally:
+            q.release_maintenance_lock()
+        return 1
 
     async def loop(self) -> None:
         while True:

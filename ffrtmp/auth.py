@@ -53,12 +53,27 @@ def parse_key_file(text: str) -> list[ApiKey]:
     return out
 
 
+def read_key_file(path: str) -> list[ApiKey]:
+    """The keys in a key file; KeyFileError names the file and what is wrong with it."""
+    try:
+        with open(path) as fh:
+            return parse_key_file(fh.read())
+    except OSError as exc:
+        raise KeyFileError(f"cannot read {path}: {exc.strerror}") from None
+    except KeyFileError as exc:
+        raise KeyFileError(f"{path}: {exc}") from None
+
+
 class KeyRing:
     def __init__(self, keys: list[ApiKey]) -> None:
         self._by_digest = {k.digest: k for k in keys}
 
     def __len__(self) -> int:
         return len(self._by_digest)
+
+    def by_digest(self, digest: str) -> ApiKey | None:
+        """The key with this digest, while the ring holds it (a console session names its key so)."""
+        return self._by_digest.get(digest)
 
     def lookup(self, presented: str) -> ApiKey | None:
         # Comparing SHA-256 digests of 256-bit random keys: a dict lookup leaks nothing usable.

@@ -1,4 +1,5 @@
-"""Jobs as users see them: submission, the derived state, history, listing and cancel.
+"""Jobs as users see them: ids, the derived state, history, listing, cancel and retry
+(submission is ``ffrtmp.submit``).
 
 One source of truth: RQ's job hash (status, timestamps) plus ``job.meta``. Only the running
 attempt writes ``meta`` while a job runs; the history is an append-only Redis list beside the
@@ -8,32 +9,22 @@ job, and control signals (cancel) live in their own keys.
 from __future__ import annotations
 
 import json
+import re
 import secrets
-import time
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import redis
 
 from . import keys, lifecycle
-from .keys import Retention
-from .model import TERMINAL_STATES, JobSpec, JobState
-from .queues import queue_for
-from .rqjob import TRANSCODE_FUNC, SafeJob, fetch_job, fetch_jobs, rq_queue
+from .rqjob import SafeJob, restore_job
+from .terms import TERMINAL_STATES, JobState
 
-__all__ = ["Retention", "SubmitDefaults", "cancel", "get_view", "list_views", "retry", "submit"]
+__all__ = ["JOB_ID", "cancel", "get_view", "job_view", "list_views", "new_job_id", "retry"]
 
 _ID_ALPHABET = "abcdefghijkmnpqrstuvwxyz23456789"  # no l/1/o/0: readable over the phone
+JOB_ID = re.compile(f"j[{_ID_ALPHABET}]{{10}}")  # what new_job_id makes; nothing else names a job
 LIST_SCAN_LIMIT = 2000  # index entries one listing request may look at, whatever it finds
-
-
-@dataclass(frozen=True)
-class SubmitDefaults:
-    max_attempts: int = 3
-    default_timeout_s: float = 6 * 3600
-    cancel_grace_s: float = 30.0
-    retention: Retention = field(default_factory=Retention)
 
 
 def new_job_id() -> str:
@@ -48,59 +39,13 @@ def _iso(dt: datetime | None) -> str | None:
     return dt.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def effective_timeout(spec: JobSpec, default_s: float) -> float:
-    if spec.timeout is not None:
-        return spec.timeout
-    if spec.duration is not None:
-        # realtime work runs as long as its duration; give encodes generous headroom
-        return min(max(default_s, spec.duration * 4 + 600), 7 * 24 * 3600)
-    return default_s
-
-
-def submit(conn: redis.Redis, spec: JobSpec, defaults: SubmitDefaults) -> dict[str, Any]:
-    """Enqueue a validated job in one MULTI: the job and what the lifecycle records beside it
-    (indexes, first history line, counters). Returns the job's view (no read-back)."""
-    job_id = new_job_id()
-    while conn.exists(SafeJob.key_for(job_id)):  # 50 bits of id space: practically never loops
-        job_id = new_job_id()
-    max_attempts = spec.max_attempts or defaults.max_attempts
-    timeout = effective_timeout(spec, defaults.default_timeout_s)
-    qname = queue_for(spec.queue, spec.priority, spec.hwaccel)
-    payload = spec.model_dump(mode="json", exclude_none=True)
-    meta = {
-        "schema": keys.SCHEMA_VERSION,
-        "state": lifecycle.QUEUED,
-        "attempt": 0,
-        "max_attempts": max_attempts,
-        "timeout": timeout,
-        "cancel_grace": defaults.cancel_grace_s,
-        "tier": spec.queue,
-        "priority": spec.priority,
-    }
-    now = time.time()
-    q = rq_queue(qname, conn)
-    with conn.pipeline() as pipe:
-        job = q.enqueue_call(
-            TRANSCODE_FUNC,
-            args=[payload],
-            job_id=job_id,
-            description=f"{spec.scenario} {job_id}",
-            # RQ's own SIGALRM is only a backstop: the horse enforces `timeout` itself with
-            # SIGTERM, grace, SIGKILL and reports timed_out.
-            timeout=int(timeout + defaults.cancel_grace_s + 120),
-            result_ttl=defaults.retention.finished_s,
-            failure_ttl=defaults.retention.failed_s,
-            meta=meta,
-            pipeline=pipe,
-        )
-        lifecycle.submitted(pipe, job_id, spec.queue, spec.priority, now)
-        pipe.execute()
-    return job_view(job, read_history(conn, job_id))
-
-
 def read_history(conn: redis.Redis, job_id: str) -> list[dict[str, Any]]:
+    return _history(conn.lrange(keys.history_key(job_id), 0, -1))
+
+
+def _history(lines: list[bytes]) -> list[dict[str, Any]]:
     out = []
-    for raw in conn.lrange(keys.history_key(job_id), 0, -1):
+    for raw in lines:
         try:
             entry = json.loads(raw)
         except ValueError:
@@ -156,14 +101,87 @@ def job_view(
 
 
 def get_view(conn: redis.Redis, job_id: str) -> dict[str, Any] | None:
-    job = fetch_job(conn, job_id)
+    """One job with its history, live progress and webhook deliveries, in one round trip."""
+    with conn.pipeline(transaction=False) as pipe:
+        pipe.hgetall(SafeJob.key_for(job_id))
+        pipe.lrange(keys.history_key(job_id), 0, -1)
+        pipe.get(keys.progress_key(job_id))
+        pipe.hgetall(keys.webhooks_key(job_id))
+        raw, history, progress, hooks = pipe.execute()
+    job = restore_job(conn, job_id, raw)
     if job is None:
         return None
-    return job_view(job, read_history(conn, job_id), conn.get(keys.progress_key(job_id)))
+    view = job_view(job, _history(history), progress)
+    view["webhooks"] = _webhooks(hooks)
+    return view
+
+
+def _webhooks(raw: dict[bytes, bytes]) -> list[dict[str, Any]]:
+    """What became of each webhook delivery about the job (records are untrusted)."""
+    out = []
+    for did, blob in sorted(raw.items()):
+        try:
+            rec = json.loads(blob)
+        except ValueError:
+            continue
+        if isinstance(rec, dict):
+            out.append({"delivery": did.decode(errors="replace"), **rec})
+    return out
 
 
 def _page_ids(conn: redis.Redis, index: str, pos: int, count: int) -> list[str]:
     return [i.decode() if isinstance(i, bytes) else i for i in conn.zrevrange(index, pos, pos + count - 1)]
+
+
+def _indexes_for(
+    state: str | None, queue: str | None, node: str | None, label: tuple[str, str] | None
+) -> list[str]:
+    """The indexes a filtered listing reads: the first is walked (in a fixed order, so a cursor
+    stays meaningful from page to page: a node's jobs, else a label's, else a state's, else a
+    queue's, else every job), the others are asked whether they hold each id walked."""
+    found = [
+        keys.node_index(node) if node else None,
+        keys.label_index(*label) if label else None,
+        keys.state_index(state) if state else None,
+        keys.queue_index(queue) if queue else None,
+    ]
+    return [i for i in found if i] or [keys.JOBS_INDEX]
+
+
+def _in_all(conn: redis.Redis, ids: list[str], others: list[str]) -> list[bool]:
+    """Whether each id is in every one of ``others`` (one ZMSCORE per index, one round trip)."""
+    if not others:
+        return [True] * len(ids)
+    with conn.pipeline(transaction=False) as pipe:
+        for index in others:
+            pipe.zmscore(index, ids)
+        scores = pipe.execute()
+    return [all(col[k] is not None for col in scores) for k in range(len(ids))]
+
+
+def _matches(
+    view: dict[str, Any], state: str | None, queue: str | None, node: str | None, label: Any
+) -> bool:
+    """The row itself agrees with the filters (an index can lag a job: a node's index keeps a
+    job that moved on to another node)."""
+    labels = view["labels"] if isinstance(view["labels"], dict) else {}
+    return not (
+        (state and view["state"] != state)
+        or (queue and queue not in (view["queue"], view["rq_queue"]))
+        or (node and view["node"] != node)
+        or (label and labels.get(label[0]) != label[1])
+    )
+
+
+def _read_rows(conn: redis.Redis, ids: list[str]) -> list[dict[str, Any] | None]:
+    """The views of ``ids`` (None for a job that is gone), hashes and progress in one round trip."""
+    with conn.pipeline(transaction=False) as pipe:
+        for jid in ids:
+            pipe.hgetall(SafeJob.key_for(jid))
+        pipe.mget([keys.progress_key(i) for i in ids])
+        raw = pipe.execute()
+    jobs = [restore_job(conn, jid, h) for jid, h in zip(ids, raw[:-1], strict=True)]
+    return [None if j is None else job_view(j, live_progress=p) for j, p in zip(jobs, raw[-1], strict=True)]
 
 
 def list_views(
@@ -172,46 +190,39 @@ def list_views(
     state: str | None = None,
     queue: str | None = None,
     node: str | None = None,
+    label: tuple[str, str] | None = None,
     cursor: int = 0,
     limit: int = 50,
 ) -> tuple[list[dict[str, Any]], int | None]:
     """Newest first. Returns (page, next cursor or None); the cursor is an offset in the index
-    read (the state's own index when filtering by state). One request looks at no more than
-    ``LIST_SCAN_LIMIT`` entries: a filter that matches little returns a short page and a cursor
-    to go on from, never a scan of every job."""
-    index = keys.state_index(state) if state else keys.JOBS_INDEX
+    walked (see ``_indexes_for``). Only rows that every filter's index holds are read, so a page
+    reads the rows it returns (and those an index still holds after they expired, which it
+    drops). One request walks no more than ``LIST_SCAN_LIMIT`` entries: a combination that
+    matches little returns a short page and a cursor to go on from, never a scan of every job."""
+    walked, *others = _indexes_for(state, queue, node, label)
     out: list[dict[str, Any]] = []
     pos = cursor
     budget = LIST_SCAN_LIMIT
-    chunk = min(max(limit * 2, 100), budget)
+    chunk = limit if not others else min(max(limit * 2, 100), budget)
     while len(out) < limit and budget > 0:
-        ids = _page_ids(conn, index, pos, min(chunk, budget))
+        ids = _page_ids(conn, walked, pos, min(chunk, budget))
         if not ids:
             return out, None
         budget -= len(ids)
-        jobs = fetch_jobs(conn, ids)
-        progress = conn.mget([keys.progress_key(i) for i in ids])
-        gone = [jid for jid, j in zip(ids, jobs, strict=True) if j is None]
-        for i, job in enumerate(jobs):
-            if job is None:
-                continue
-            view = job_view(job, live_progress=progress[i])
-            if state and view["state"] != state:
-                continue
-            if queue and view["queue"] != queue and view["rq_queue"] != queue:
-                continue
-            if node and view["node"] != node:
+        wanted = [k for k, ok in enumerate(_in_all(conn, ids, others)) if ok]
+        rows = _read_rows(conn, [ids[k] for k in wanted]) if wanted else []
+        gone = [ids[k] for k, v in zip(wanted, rows, strict=True) if v is None]
+        for k, view in zip(wanted, rows, strict=True):
+            if view is None or not _matches(view, state, queue, node, label):
                 continue
             out.append(view)
             if len(out) == limit:  # expired ids of this chunk are dropped on a later pass
-                nxt = pos + i + 1
-                return out, nxt if conn.zcard(index) > nxt else None
+                nxt = pos + k + 1
+                return out, nxt if conn.zcard(walked) > nxt else None
         if gone:  # expired by their TTL: drop them from our own index
-            conn.zrem(index, *gone)
-            pos += len(ids) - len(gone)
-        else:
-            pos += len(ids)
-    return out, pos if conn.zcard(index) > pos else None
+            conn.zrem(walked, *gone)
+        pos += len(ids) - len(gone)
+    return out, pos if conn.zcard(walked) > pos else None
 
 
 def cancel(conn: redis.Redis, job_id: str, requested_by: str = "api") -> tuple[str, dict[str, Any] | None]:

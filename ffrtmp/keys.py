@@ -7,6 +7,7 @@ are RQ's: ffrtmp reaches them only through RQ's objects.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 PREFIX = "ffrtmp"
@@ -30,9 +31,37 @@ PENDING = f"{PREFIX}:pending"
 LOST_SUSPECTS = f"{PREFIX}:recovery:lost-suspects"  # hash id -> first seen queued in no queue
 
 
+PINNED_QUEUES = f"{PREFIX}:queues:pinned"  # set of queue names made for jobs pinned to a node
+
+
+IDEMPOTENCY_TTL_S = 24 * 3600
+RATE_LIMIT_PREFIX = f"{PREFIX}:ratelimit"  # the limits library names its counters under it
+
+
+def idempotency_key(scope: str, key: str) -> str:
+    """string -> '<job id> <request digest>' for an Idempotency-Key of one API key (24 h)."""
+    digest = hashlib.sha256(f"{scope}\0{key}".encode()).hexdigest()
+    return f"{PREFIX}:idempotency:{digest}"
+
+
 def state_index(state: str) -> str:
     """zset id -> last transition time, one per user-visible state (filters without scans)."""
     return f"{PREFIX}:jobs:state:{state}"
+
+
+def queue_index(name: str) -> str:
+    """zset id -> submission time, per tier and per RQ queue the job was queued on."""
+    return f"{PREFIX}:jobs:queue:{name}"
+
+
+def label_index(key: str, value: str) -> str:
+    """zset id -> submission time, per label (key and value) a job was submitted with."""
+    return f"{PREFIX}:jobs:label:{key}={value}"
+
+
+def node_index(node: str) -> str:
+    """zset id -> when it started there, per node a job ran on (the listing's node filter)."""
+    return f"{PREFIX}:jobs:node:{node}"
 
 
 def history_key(job_id: str) -> str:
@@ -71,13 +100,43 @@ def logs_key(job_id: str) -> str:
     return f"{PREFIX}:job:{job_id}:logs"
 
 
+def webhooks_key(job_id: str) -> str:
+    """hash delivery id -> what became of one webhook delivery about this job (JSON)."""
+    return f"{PREFIX}:job:{job_id}:webhooks"
+
+
 def job_keys(job_id: str) -> tuple[str, ...]:
     """ffrtmp's keys that live and expire with a job."""
-    return (history_key(job_id), logs_key(job_id), attempts_key(job_id), progress_key(job_id))
+    return (
+        history_key(job_id),
+        logs_key(job_id),
+        attempts_key(job_id),
+        progress_key(job_id),
+        webhooks_key(job_id),
+    )
+
+
+# --- webhook deliveries (the coordinator's) -----------------------------------------------
+WEBHOOKS_DUE = f"{PREFIX}:webhooks:due"  # zset delivery id -> when it is (next) due
+WEBHOOKS_CURSOR = f"{PREFIX}:webhooks:cursor"  # hash state -> transition time scanned up to
+
+
+def delivery_key(delivery_id: str) -> str:
+    """hash: one pending delivery (job, event, url, body, attempts)."""
+    return f"{PREFIX}:webhook:{delivery_id}"
+
+
+# --- console sessions -----------------------------------------------------------------------
+def session_key(digest: str) -> str:
+    """A web console session, by the SHA-256 of its cookie's random id (the id is never stored)."""
+    return f"{PREFIX}:session:{digest}"
 
 
 # --- nodes --------------------------------------------------------------------------------
 NODES_INDEX = f"{PREFIX}:nodes"  # zset name -> last heartbeat (unix time)
+# hash name -> [heartbeat time, slots, busy, draining, stopped]: what the fleet gauges need,
+# written with each heartbeat. "_" cannot start a node name, and agents may write ffrtmp:node:*.
+NODE_SUMMARY = f"{PREFIX}:node:_fleet"
 NODE_TTL_S = 7 * 24 * 3600
 BOOTS_TTL_S = 24 * 3600
 

@@ -24,6 +24,7 @@ import contextlib
 import json
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -39,8 +40,8 @@ from rq.results import Result
 
 from . import keys, stats
 from .keys import Retention
-from .model import TERMINAL_STATES, JobState
 from .rqjob import SafeJob, fetch_job, rq_queue
+from .terms import TERMINAL_STATES, JobState
 
 log = logging.getLogger("ffrtmp.lifecycle")
 
@@ -277,7 +278,43 @@ def claim(
         _set_state(pipe, job_id, state, RUNNING, now)
         return lease, meta
 
-    return _transact(conn, job_id, body)
+    claimed = _transact(conn, job_id, body)
+    if claimed is not None:
+        _index_on_node(conn, job_id, node)
+    return claimed
+
+
+def _index_on_node(conn: redis.Redis, job_id: str, node: str) -> None:
+    """The listing's node index, after the claim and outside it: it only helps find the job,
+    and an agent newer than its Redis ACL (upgraded before site.yml ran) must still run jobs."""
+    try:
+        conn.zadd(keys.node_index(node), {job_id: time.time()})
+    except redis.exceptions.NoPermissionError:
+        log.warning("job %s not indexed on node %s: re-run site.yml (Redis ACL)", job_id, node)
+    except (redis.RedisError, OSError) as exc:
+        log.warning("job %s not indexed on node %s: %s", job_id, node, exc)
+
+
+def ask_running_on(pipe: Pipeline, node: str) -> None:
+    """Queue on ``pipe`` the read whose answer ``leases_on`` takes: the node's jobs that are
+    in the running state (a caller reading more about the node saves a round trip)."""
+    pipe.zinter([keys.node_index(node), keys.state_index(RUNNING)])
+
+
+def leases_on(conn: redis.Redis, node: str, running: list[Any] | None = None) -> list[Lease]:
+    """The attempts the lifecycle has running on ``node``: the node's jobs in the running
+    state whose lease names it (a job that ran there before and runs elsewhere now is not).
+    ``running`` is the answer of ``ask_running_on`` when the caller already read it."""
+    if running is None:
+        with conn.pipeline(transaction=False) as pipe:
+            ask_running_on(pipe, node)
+            (running,) = pipe.execute()
+    ids = [i.decode() if isinstance(i, bytes) else i for i in running]
+    if not ids:
+        return []
+    tokens = conn.mget([keys.lease_key(i) for i in ids])
+    leases = (Lease.parse(i, t) for i, t in zip(ids, tokens, strict=True))
+    return [lease for lease in leases if lease is not None and lease.node == node]
 
 
 def started(conn: redis.Redis, lease: Lease, fields: dict[str, Any], tier: str, queue_wait_s: float) -> bool:
@@ -674,10 +711,24 @@ def retry(conn: redis.Redis, job_id: str, requested_by: str) -> str:
     return str(_transact(conn, job_id, body))
 
 
-def submitted(pipe: Pipeline, job_id: str, tier: str, priority: str, now: float) -> None:
-    """What a submission writes beside RQ's job (inside the submission's MULTI)."""
-    pipe.zadd(keys.JOBS_INDEX, {job_id: now})
-    pipe.zadd(keys.PENDING, {job_id: now})
-    pipe.rpush(keys.history_key(job_id), history_entry(None, QUEUED, "submitted"))
-    pipe.hincrby(keys.SUBMITTED, f"{tier}.{priority}", 1)
-    _set_state(pipe, job_id, None, QUEUED, now)
+def submitted(pipe: Pipeline, jobs: list[tuple[str, str, str, str, dict[str, str]]], now: float) -> str:
+    """What a submission of ``jobs`` ((id, tier, priority, RQ queue, labels) each) writes
+    beside RQ's jobs, inside the submission's MULTI: each index in one command, the counters
+    once per class, a first history line per job. Returns that line (the same for the batch)."""
+    first = history_entry(None, QUEUED, "submitted")
+    ids = {job_id: now for job_id, *_ in jobs}
+    pipe.zadd(keys.JOBS_INDEX, ids)
+    pipe.zadd(keys.PENDING, ids)
+    pipe.zadd(keys.state_index(QUEUED), ids)  # a new job is in no other state's index
+    by_index: dict[str, dict[str, float]] = {}
+    for job_id, tier, _, rq_name, labels in jobs:
+        pipe.rpush(keys.history_key(job_id), first)
+        by_index.setdefault(keys.queue_index(tier), {})[job_id] = now
+        by_index.setdefault(keys.queue_index(rq_name), {})[job_id] = now
+        for k, v in labels.items():
+            by_index.setdefault(keys.label_index(k, v), {})[job_id] = now
+    for index, members in by_index.items():
+        pipe.zadd(index, members)
+    for cls, n in Counter(f"{tier}.{priority}" for _, tier, priority, _, _ in jobs).items():
+        pipe.hincrby(keys.SUBMITTED, cls, n)
+    return first

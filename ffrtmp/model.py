@@ -10,56 +10,13 @@ from __future__ import annotations
 import math
 import posixpath
 import re
-from enum import StrEnum
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .presets import FILE_CONTAINERS, HW_FAMILIES, PRESETS, X264_PRESETS
-
-
-class Tier(StrEnum):
-    live = "live"
-    default = "default"
-    batch = "batch"
-
-
-class Priority(StrEnum):
-    high = "high"
-    medium = "medium"
-    low = "low"
-
-
-class Codec(StrEnum):
-    h264 = "h264"
-    h265 = "h265"
-    vp9 = "vp9"
-    av1 = "av1"
-
-
-class HwAccel(StrEnum):
-    auto = "auto"
-    none = "none"
-    nvenc = "nvenc"
-    qsv = "qsv"
-    vaapi = "vaapi"
-
-
-class JobState(StrEnum):
-    queued = "queued"
-    running = "running"
-    retrying = "retrying"
-    completed = "completed"
-    failed = "failed"
-    timed_out = "timed_out"
-    canceled = "canceled"
-    rejected = "rejected"
-
-
-TERMINAL_STATES = frozenset(
-    {JobState.completed, JobState.failed, JobState.timed_out, JobState.canceled, JobState.rejected}
-)
+from .terms import Codec, HwAccel, Priority, Tier
 
 INPUT_SCHEMES = frozenset({"rtmp", "rtmps", "srt", "http", "https"})
 OUTPUT_SCHEMES = frozenset({"rtmp", "rtmps"})
@@ -78,7 +35,25 @@ _NAMED_RESOLUTIONS = {
     "2160p": (3840, 2160),
     "4k": (3840, 2160),
 }
-_LABEL_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,62}$")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_NUMBER_FIELDS = frozenset(
+    {"duration", "fps", "timeout", "max_attempts", "max_cpu_percent", "max_memory_mb", "bitrate"}
+)
+
+
+def _strings(value: Any) -> list[str]:
+    """The strings in a submitted value (a field's value, a label map's keys and values)."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [x for k, v in value.items() for x in (*_strings(k), *_strings(v))]
+    if isinstance(value, list):
+        return [x for v in value for x in _strings(v)]
+    return []
+
+
+NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")  # an agent's name, as it registers
+LABEL_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,62}$")
 
 
 class SubmissionError(ValueError):
@@ -148,6 +123,8 @@ def parse_bitrate_kbps(value: str | int) -> int:
     if isinstance(value, bool):
         raise ValueError("bitrate must be like '5000k', '5M' or a number of bits per second")
     if isinstance(value, int):
+        if not 32_000 <= value <= 200_000_000:  # before dividing: a 400-digit int overflows a float
+            raise ValueError("bitrate must be between 32k and 200M")
         kbps = value / 1000
     else:
         m = _BITRATE.match(value.strip())
@@ -183,7 +160,9 @@ class JobSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=False, use_enum_values=True)
 
-    scenario: str = Field(description="Named preset: " + ", ".join(PRESETS))
+    scenario: str = Field(
+        description="Named preset: " + ", ".join(PRESETS), json_schema_extra={"enum": list(PRESETS)}
+    )
     queue: Tier = Field(default=Tier.default, description="Tier: live > default > batch")
     priority: Priority = Field(default=Priority.medium, description="Within a tier: high > medium > low")
     input: str | None = Field(
@@ -212,6 +191,45 @@ class JobSpec(BaseModel):
     max_cpu_percent: int | None = Field(default=None, ge=1, le=25600, description="100 = one core")
     max_memory_mb: int | None = Field(default=None, ge=64, le=1_048_576)
     labels: dict[str, str] = Field(default_factory=dict, description="Free labels (at most 20)")
+    overwrite: bool = Field(
+        default=False, description="Replace an output that exists (otherwise such a job is rejected)"
+    )
+    callback_url: str | None = Field(
+        default=None,
+        max_length=2048,
+        description="http(s):// URL that gets a signed POST when the job ends (see docs/webhooks.md)",
+        json_schema_extra={"pattern": "^https?://[^\\s]+$"},
+    )
+    node: str | None = Field(
+        default=None,
+        description="Run only on this agent (a canary, a test of one host); it must be up",
+        json_schema_extra={"pattern": f"^{NODE_NAME.pattern}$"},
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _plain_values(cls, data: Any) -> Any:
+        """JSON's true/false are not numbers here (``duration: true`` is not 1 s), and a string
+        with a lone surrogate (valid JSON, not valid text) is refused before anything echoes it."""
+        if isinstance(data, dict):
+            for key, value in data.items():
+                if key in _NUMBER_FIELDS and isinstance(value, bool):
+                    raise SubmissionError(str(key), "must be a number, not true/false")
+                for text in _strings(value):
+                    if _SURROGATE.search(text):
+                        raise SubmissionError(
+                            str(key)[:64].encode("utf-8", "replace").decode(), "must be valid text"
+                        )
+        return data
+
+    @field_validator("node")
+    @classmethod
+    def _node(cls, v: str | None) -> str | None:
+        if v is not None and not NODE_NAME.fullmatch(v):
+            raise ValueError(
+                "node must be 1-63 letters, digits, '.', '-' or '_', starting with a letter or digit"
+            )
+        return v
 
     @field_validator("scenario")
     @classmethod
@@ -267,14 +285,30 @@ class JobSpec(BaseModel):
             raise ValueError(f"unknown preset '{v[:32]}' (known: {', '.join(X264_PRESETS)})")
         return v
 
+    @field_validator("callback_url")
+    @classmethod
+    def _callback(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        from urllib.parse import urlsplit
+
+        try:
+            parts = urlsplit(v)
+            parts.port  # noqa: B018 (raises on a bad port)
+        except ValueError:
+            raise ValueError("callback_url is not a URL") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname or _CONTROL.search(v) or " " in v:
+            raise ValueError("callback_url must be an http:// or https:// URL")
+        return v
+
     @field_validator("labels")
     @classmethod
     def _labels(cls, v: dict[str, str]) -> dict[str, str]:
         if len(v) > 20:
             raise ValueError("at most 20 labels")
         for key, value in v.items():
-            if not _LABEL_KEY.match(key):
-                raise ValueError(f"label key '{key[:64]}' must match {_LABEL_KEY.pattern}")
+            if not LABEL_KEY.match(key):
+                raise ValueError(f"label key '{key[:64]}' must match {LABEL_KEY.pattern}")
             if len(value) > 128 or _CONTROL.search(value):
                 raise ValueError(f"label '{key}' must be at most 128 characters without control characters")
         return v
@@ -282,6 +316,8 @@ class JobSpec(BaseModel):
     @model_validator(mode="after")
     def _coherent(self) -> JobSpec:
         preset = PRESETS[self.scenario]
+        if preset.kind == "restream" and "queue" not in self.model_fields_set:
+            self.queue = Tier.live  # a restream is live work unless the job says otherwise
         codec = self.codec or preset.codec
         if self.hwaccel in HW_FAMILIES and codec not in HW_FAMILIES[self.hwaccel]:
             raise SubmissionError("codec", f"hwaccel {self.hwaccel} has no {codec} encoder")

@@ -5,23 +5,22 @@ imported here, so a slot can call this before anything else."""
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import signal
 
 PR_SET_PDEATHSIG = 1
-_libc: ctypes.CDLL | None = None
+# The C library this process already has loaded, looked up once at import: never in the child
+# between fork and exec (where set_pdeathsig runs), and never with ctypes.util.find_library,
+# which runs ldconfig (tens of milliseconds per FFmpeg start).
+try:
+    _prctl = ctypes.CDLL(None, use_errno=True).prctl
+except (OSError, AttributeError):
+    _prctl = None
 
 
 def set_pdeathsig(sig: int = signal.SIGKILL) -> bool:
     """Have the kernel send ``sig`` to this process when its parent dies. False off Linux."""
-    global _libc
-    try:
-        if _libc is None:
-            _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        return _libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0
-    except (OSError, AttributeError):
-        return False
+    return _prctl is not None and _prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0
 
 
 def die_with(parent_pid: int, sig: int = signal.SIGKILL) -> None:

@@ -67,7 +67,14 @@ def fetch_job(conn: redis.Redis, job_id: str) -> SafeJob | None:
         return None
 
 
-def fetch_jobs(conn: redis.Redis, job_ids: list[str]) -> list[SafeJob | None]:
-    if not job_ids:
-        return []
-    return SafeJob.fetch_many(job_ids, connection=conn, serializer=SERIALIZER)  # type: ignore[return-value]
+def restore_job(conn: redis.Redis, job_id: str, raw: dict[bytes, bytes]) -> SafeJob | None:
+    """A job from its hash as read (HGETALL, e.g. on a pipeline with other reads), or None if
+    there was none or it cannot be read as an RQ job (untrusted data)."""
+    if not raw:
+        return None
+    try:
+        job = SafeJob(job_id, connection=conn, serializer=SERIALIZER)
+        job.restore(raw)
+    except Exception:
+        return None
+    return job

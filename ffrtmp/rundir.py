@@ -14,14 +14,18 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import psutil
-
 RUNS = "runs"
+# The run directory is how agents of different versions hand live runs to each other. A new
+# field is only ever added (readers ignore what they do not know); FORMAT is bumped when a
+# change means an older agent must not adopt the run, and an agent leaves alone a run written
+# in a format newer than its own.
+FORMAT = 1
 
 
 def write_json_atomic(path: str, data: dict[str, Any]) -> None:
@@ -56,11 +60,37 @@ def tail_text(path: str, nbytes: int) -> str:
 def process_alive(pid: int, not_after: float) -> bool:
     """Is ``pid`` a live (not zombie) process that already existed at ``not_after``? A pid reused
     by a younger process is not the one we started."""
+    import psutil  # here: the run supervisor, which starts with every job, never needs it
+
     try:
         proc = psutil.Process(pid)
         return proc.create_time() <= not_after + 1 and proc.status() != psutil.STATUS_ZOMBIE
     except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError):
         return False
+
+
+def remove_path(path: str) -> None:
+    """Remove a file or a whole directory (an HLS output); a missing one is fine."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
+def used_bytes(path: str) -> int:
+    """Bytes a partial output (file or HLS directory) takes."""
+    if os.path.isdir(path):
+        total = 0
+        for d, _, files in os.walk(path):
+            for f in files:
+                with contextlib.suppress(OSError):
+                    total += os.path.getsize(os.path.join(d, f))
+        return total
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
 
 
 @dataclass(frozen=True)
@@ -79,7 +109,8 @@ class RunDir:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         os.mkdir(path)
         rd = cls(path)
-        write_json_atomic(rd.file("attempt.json"), {"job": job_id, "attempt": attempt, "lease": token})
+        info = {"format": FORMAT, "job": job_id, "attempt": attempt, "lease": token}
+        write_json_atomic(rd.file("attempt.json"), info)
         rd.touch_owner()
         return rd
 
@@ -115,6 +146,12 @@ class RunDir:
             return int(self.info.get("attempt") or 0)
         except (TypeError, ValueError):
             return 0
+
+    @property
+    def format(self) -> int:
+        """The run-directory format it was written in (1 before the field existed)."""
+        fmt = self.info.get("format", 1)
+        return fmt if isinstance(fmt, int) and not isinstance(fmt, bool) else FORMAT + 1
 
     @property
     def token(self) -> str | None:
@@ -196,6 +233,7 @@ class RunDir:
                 return True  # the supervisor was never started
             sup_alive = sup is not None and process_alive(int(sup["pid"]), float(sup["time"]))
             if sup is not None and not sup_alive and not self.ffmpeg_alive():
+                self.discard_partial()  # a killed run is never published
                 return True
             if sup_alive:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -204,6 +242,15 @@ class RunDir:
             if time.monotonic() > deadline:
                 return False
             time.sleep(0.05)
+
+    def partial(self) -> str | None:
+        """The temporary output this run's FFmpeg writes (None for streams)."""
+        path = (read_json(self.file("cmd.json")) or {}).get("tmp_output")
+        return path if isinstance(path, str) and path else None
+
+    def discard_partial(self) -> None:
+        if path := self.partial():
+            remove_path(path)
 
     def is_live(self) -> bool:
         return self.exit() is None and self.runner_alive()

@@ -3,7 +3,7 @@
 #   bash scripts/molecule.sh                 every scenario, MOLECULE_JOBS (default 3) at a time
 #   bash scripts/molecule.sh redis agent     just those
 # Installs what it needs first: podman, runc and debootstrap (apt), the Ansible tools (the
-# venv's deploy extra), the two collections molecule's podman driver needs (taken from the
+# venv's deploy extra), the collections molecule's podman driver and the PKI role need (from the
 # `ansible` wheel: Galaxy is not reachable from CI), the Debian 12 systemd image, and the
 # wheelhouse the common role installs from.
 set -euo pipefail
@@ -31,12 +31,13 @@ export PATH="$root/.venv/bin:$PATH"
 
 # Collections from the ansible wheel (kept in .ansible/collections, ignored by git).
 collections=.ansible/collections/ansible_collections
-if [ ! -d "$collections/containers/podman" ] || [ ! -d "$collections/ansible/posix" ]; then
+if [ ! -d "$collections/containers/podman" ] || [ ! -d "$collections/ansible/posix" ] \
+  || [ ! -d "$collections/community/crypto" ]; then
   tmp=$(mktemp -d)
   python -m pip download -q --no-deps --dest "$tmp" 'ansible==12.3.0' 2>/dev/null
   python - "$tmp"/ansible-12.3.0-py3-none-any.whl <<'PY'
 import sys, zipfile
-wanted = {("containers", "podman"), ("ansible", "posix")}
+wanted = {("containers", "podman"), ("ansible", "posix"), ("community", "crypto")}
 with zipfile.ZipFile(sys.argv[1]) as z:
     for name in z.namelist():
         parts = name.split("/")
@@ -70,6 +71,10 @@ if ! podman image exists "$image"; then
 fi
 
 bash scripts/build-wheelhouse.sh
+# The upgrade scenario deploys the same code under two versions (local version suffixes).
+base=$(sed -n -E 's/^version = "([^"+]+).*"$/\1/p' pyproject.toml)
+export FFRTMP_TEST_V1="$base+up1" FFRTMP_TEST_V2="$base+up2"
+for v in "$FFRTMP_TEST_V1" "$FFRTMP_TEST_V2"; do FFRTMP_WHEEL_VERSION=$v bash scripts/build-wheelhouse.sh; done
 
 # The ffmpeg-source scenario builds the upstream release Debian ships (the mirror's copy of
 # the upstream archive: ffmpeg.org is not reachable here), pinned by its checksum.
@@ -85,7 +90,7 @@ if [ $# -gt 0 ]; then
   scenarios=("$@")
 else
   # The longest first, so the parallel run ends sooner.
-  scenarios=(fleet ffmpeg-source agent coordinator prometheus alertmanager redis common logrotate ffmpeg gpu_drivers grafana)
+  scenarios=(upgrade fleet ffmpeg-source agent coordinator prometheus alertmanager redis common logrotate ffmpeg gpu_drivers grafana)
 fi
 logs=dist/molecule-logs
 mkdir -p "$logs"

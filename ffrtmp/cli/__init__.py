@@ -7,17 +7,22 @@ import os
 import signal
 import sys
 import time
+import uuid
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
 from ..auth import ROLES, hash_key, key_line, new_key
-from ..model import TERMINAL_STATES
+from ..durations import DURATION
 from ..presets import PRESETS, X264_PRESETS
-from .client import ApiError, Client, TransportError
+from ..terms import TERMINAL_STATES
+
+if TYPE_CHECKING:
+    import ssl
 
 EXIT_JOB_NOT_COMPLETED = 1
+EXIT_STILL_RUNNING = 3  # nodes drain --wait: the timeout passed with jobs still running
 EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
 TERMINAL = {s.value for s in TERMINAL_STATES}
@@ -28,22 +33,41 @@ def fail(message: str, code: int = 1) -> NoReturn:
     sys.exit(code)
 
 
+class CallFailed(Exception):
+    def __init__(self, message: str, code: int, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message, self.code, self.field = message, code, field
+
+
 class Ctx:
-    def __init__(self, url: str, api_key: str | None, output: str) -> None:
-        self.client = Client(url, api_key)
+    def __init__(self, url: str, api_key: str | None, output: str, tls: ssl.SSLContext | None = None) -> None:
+        from .client import Client  # urllib and tenacity only for commands that call the API
+
+        self.client = Client(url, api_key, tls=tls)
         self.output = output
 
-    def call(self, method: str, path: str, body: Any | None = None) -> Any:
+    def client_call(
+        self, method: str, path: str, body: Any | None = None, headers: dict[str, str] | None = None
+    ) -> Any:
+        """The API's answer, or CallFailed with the message and exit code to report."""
+        from .client import ApiError, TransportError
+
         try:
-            return self.client.request(method, path, body)
+            return self.client.request(method, path, body, headers)
         except ApiError as exc:
-            where = f" (field '{exc.field}')" if exc.field else ""
-            hint = ""
-            if exc.status == 401:
-                hint = "; pass --api-key or set FFRTMP_API_KEY"
-            fail(f"{exc.message}{where}{hint}", EXIT_USAGE if exc.status in (400, 401, 403, 422) else 1)
+            hint = "; pass --api-key or set FFRTMP_API_KEY" if exc.status == 401 else ""
+            code = EXIT_USAGE if exc.status in (400, 401, 403, 422) else 1
+            raise CallFailed(exc.message + hint, code, exc.field) from None
         except TransportError as exc:
-            fail(str(exc), EXIT_UNREACHABLE)
+            raise CallFailed(str(exc), EXIT_UNREACHABLE) from None
+
+    def call(
+        self, method: str, path: str, body: Any | None = None, headers: dict[str, str] | None = None
+    ) -> Any:
+        try:
+            return self.client_call(method, path, body, headers)
+        except CallFailed as exc:
+            fail(exc.message + (f" (field '{exc.field}')" if exc.field else ""), exc.code)
 
     def emit(self, data: Any, table: str) -> None:
         if self.output == "json":
@@ -105,11 +129,7 @@ def _job_detail(j: dict[str, Any]) -> str:
     if p:
         out.append(f"progress:  {_progress_text(j)}")
     if j.get("result"):
-        r = j["result"]
-        out.append(
-            f"result:    {r.get('codec')} {r.get('width')}x{r.get('height')} "
-            f"{r.get('duration_s')}s {r.get('size_bytes', 0)} bytes via {r.get('encoder')}"
-        )
+        out.append(f"result:    {_result_text(j['result'])}")
     if j.get("error"):
         e = j["error"]
         out.append(f"error:     {e.get('reason')}: {e.get('message')}")
@@ -186,9 +206,44 @@ def finish(ctx: Ctx, job: dict[str, Any]) -> NoReturn:
     sys.exit(0 if job["state"] == "completed" else EXIT_JOB_NOT_COMPLETED)
 
 
+def _url(_c: click.Context, _p: click.Parameter, value: str | None) -> str | None:
+    from urllib.parse import urlsplit
+
+    if value is None:
+        return None
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError as exc:
+        raise click.BadParameter(f"{value!r}: {exc}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise click.BadParameter(f"{value!r}: give http://HOST[:PORT] or https://HOST[:PORT]")
+    return value
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.option("--url", envvar="FFRTMP_URL", default=None, help="Coordinator URL [env FFRTMP_URL]")
+@click.option(
+    "--url", envvar="FFRTMP_URL", default=None, callback=_url, help="Coordinator URL [env FFRTMP_URL]"
+)
 @click.option("--api-key", envvar="FFRTMP_API_KEY", default=None, help="API key [env FFRTMP_API_KEY]")
+@click.option(
+    "--ca-cert",
+    envvar="FFRTMP_CA_CERT",
+    type=click.Path(dir_okay=False),
+    help="Trust this CA for an https:// coordinator [env FFRTMP_CA_CERT]",
+)
+@click.option(
+    "--client-cert",
+    envvar="FFRTMP_CLIENT_CERT",
+    type=click.Path(dir_okay=False),
+    help="Client certificate for a coordinator that requires one [env FFRTMP_CLIENT_CERT]",
+)
+@click.option(
+    "--client-key",
+    envvar="FFRTMP_CLIENT_KEY",
+    type=click.Path(dir_okay=False),
+    help="Its private key, when not in the certificate file [env FFRTMP_CLIENT_KEY]",
+)
 @click.option(
     "--output",
     "-o",
@@ -200,15 +255,25 @@ def finish(ctx: Ctx, job: dict[str, Any]) -> NoReturn:
 )
 @click.version_option(package_name="ffrtmp", message="ffrtmp %(version)s")
 @click.pass_context
-def cli(click_ctx: click.Context, url: str | None, api_key: str | None, output: str) -> None:
+def cli(
+    click_ctx: click.Context, url: str | None, api_key: str | None, output: str, **tls: str | None
+) -> None:
     """ffrtmp: a distributed FFmpeg transcoding fleet.
 
-    Without --url/--api-key the CLI uses what `ffrtmp up` saved (~/.config/ffrtmp/cli.json)."""
-    from .up import load_cli_config
+    Without --url/--api-key the CLI uses what `ffrtmp up` saved (~/.config/ffrtmp/cli.json),
+    its CA and client certificate included."""
+    from ..tls import TlsError, client_context
+    from .config import load_cli_config
 
     saved = load_cli_config() if url is None or api_key is None else {}
+    names = ("ca_cert", "client_cert", "client_key")
+    given = {n: tls[n] or (saved.get(n) if url is None else None) for n in names}
+    try:
+        context = client_context(given["ca_cert"], given["client_cert"], given["client_key"])
+    except TlsError as exc:
+        raise click.UsageError(str(exc)) from None
     click_ctx.obj = Ctx(
-        url or saved.get("url") or "http://127.0.0.1:8080", api_key or saved.get("api_key"), output
+        url or saved.get("url") or "http://127.0.0.1:8080", api_key or saved.get("api_key"), output, context
     )
 
 
@@ -219,7 +284,9 @@ def jobs() -> None:
 
 
 @jobs.command("submit")
-@click.option("--scenario", "-s", required=True, type=click.Choice(list(PRESETS)), help="Named preset")
+@click.option(
+    "--scenario", "-s", type=click.Choice(list(PRESETS)), help="Named preset (required without --from-file)"
+)
 @click.option("--queue", "-q", type=click.Choice(["live", "default", "batch"]), default=None)
 @click.option("--priority", "-p", type=click.Choice(["high", "medium", "low"]), default=None)
 @click.option("--input", "-i", "input_", default=None, help="Path under an input root, or a URL")
@@ -236,13 +303,32 @@ def jobs() -> None:
 @click.option("--max-cpu-percent", type=int, default=None)
 @click.option("--max-memory-mb", type=int, default=None)
 @click.option("--label", "labels", multiple=True, help="key=value (repeatable)")
+@click.option("--node", default=None, help="Run only on this agent (it must be up)")
+@click.option("--overwrite", is_flag=True, help="Replace the output if it exists (otherwise refused)")
 @click.option("--wait", "-w", is_flag=True, help="Show progress until the job ends; exit 0 only if completed")
+@click.option(
+    "--from-file",
+    "from_file",
+    type=click.File("r"),
+    default=None,
+    help="JSON lines, one job spec each ('-' for stdin), sent in batches of 1,000; the other options "
+    "fill in what a line leaves out",
+)
 @click.pass_obj
 def jobs_submit(
-    ctx: Ctx, wait: bool, labels: tuple[str, ...], input_: str | None, output_: str | None, **fields: Any
+    ctx: Ctx,
+    wait: bool,
+    labels: tuple[str, ...],
+    input_: str | None,
+    output_: str | None,
+    overwrite: bool,
+    from_file: Any,
+    **fields: Any,
 ) -> None:
-    """Submit a job."""
+    """Submit a job (or many, with --from-file)."""
     body = {k: v for k, v in fields.items() if v is not None}
+    if overwrite:
+        body["overwrite"] = True
     if input_ is not None:
         body["input"] = input_
     if output_ is not None:
@@ -255,13 +341,69 @@ def jobs_submit(
                 raise click.BadParameter(f"'{item}' is not key=value", param_hint="--label")
             parsed[key] = value
         body["labels"] = parsed
-    job = ctx.call("POST", "/jobs", body)
+    if from_file is not None:
+        if wait:
+            raise click.UsageError("--wait follows one job; use `ffrtmp jobs status` for a batch")
+        submit_file(ctx, from_file, body)
+        return
+    if "scenario" not in body:
+        raise click.UsageError("Missing option '--scenario' / '-s' (or give --from-file).")
+    # one key per invocation, reused by the client's retries: a retried POST never makes a second job
+    job = ctx.call("POST", "/jobs", body, {"Idempotency-Key": f"cli-{uuid.uuid4()}"})
     if not wait:
         ctx.emit(job, f"submitted {job['id']} ({job['scenario']} on {job['rq_queue']})")
         return
     if ctx.output != "json":
         click.echo(f"submitted {job['id']} ({job['scenario']} on {job['rq_queue']})", err=True)
     finish(ctx, follow(ctx, job["id"]))
+
+
+BATCH = 1000  # the coordinator's MAX_BATCH
+
+
+def _spec_lines(fh: Any, defaults: dict[str, Any]) -> list[dict[str, Any]]:
+    """The file's specs, each over the command line's defaults; a bad line stops everything."""
+    specs = []
+    for n, line in enumerate(fh, 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        try:
+            item = json.loads(line)
+        except ValueError as exc:
+            raise click.UsageError(f"{fh.name} line {n}: not JSON ({exc})") from None
+        if not isinstance(item, dict):
+            raise click.UsageError(f"{fh.name} line {n}: a job spec is a JSON object")
+        specs.append({**defaults, **item})
+    if not specs:
+        raise click.UsageError(f"{fh.name}: no job specs")
+    return specs
+
+
+def submit_file(ctx: Ctx, fh: Any, defaults: dict[str, Any]) -> None:
+    """Batches of BATCH, each all or nothing and each under its own Idempotency-Key (a retried
+    batch never makes a second set). A refused batch stops here: the earlier ones stand."""
+    specs = _spec_lines(fh, defaults)
+    run = uuid.uuid4()
+    made: list[dict[str, Any]] = []
+    for start in range(0, len(specs), BATCH):
+        chunk = specs[start : start + BATCH]
+        headers = {"Idempotency-Key": f"cli-{run}-{start // BATCH}"}
+        try:
+            made += ctx.client_call("POST", "/jobs/batch", {"jobs": chunk}, headers)["jobs"]
+        except CallFailed as exc:
+            where = _batch_field(exc.field, start)
+            done = f"; the {len(made)} jobs before it were submitted" if made else ""
+            fail(f"{exc.message}{where}{done}", exc.code)
+    ids = "\n".join(j["id"] for j in made)
+    ctx.emit({"jobs": made}, f"{ids}\nsubmitted {len(made)} jobs")
+
+
+def _batch_field(field: str | None, start: int) -> str:
+    """`jobs[3].scenario` of a batch starting at line item ``start`` -> the item's place."""
+    if not field or not field.startswith("jobs["):
+        return f" (field '{field}')" if field else ""
+    index, _, rest = field[5:].partition("]")
+    return f" (job {start + int(index) + 1} of the file{', field ' + rest.lstrip('.') if rest else ''})"
 
 
 @jobs.command("status")
@@ -274,7 +416,10 @@ def jobs_status(ctx: Ctx, job_id: str | None, follow_: bool) -> None:
         if follow_:
             raise click.UsageError("--follow needs a job ID")
         data = ctx.call("GET", "/jobs?limit=20")
-        ctx.emit(data, _job_rows(data["jobs"]))
+        table = _job_rows(data["jobs"])
+        if data.get("next_cursor"):
+            table += f"\nthe 20 most recent; more: ffrtmp jobs list --cursor {data['next_cursor']}"
+        ctx.emit(data, table)
         return
     if follow_:
         finish(ctx, follow(ctx, job_id))
@@ -286,20 +431,24 @@ def jobs_status(ctx: Ctx, job_id: str | None, follow_: bool) -> None:
 @click.option("--state", default=None)
 @click.option("--queue", default=None, help="Tier or queue name")
 @click.option("--node", default=None)
+@click.option("--label", default=None, metavar="KEY=VALUE", help="Jobs submitted with this label")
 @click.option("--limit", type=click.IntRange(1, 500), default=50, show_default=True)
 @click.option("--cursor", default=None, help="From a previous page's next_cursor")
 @click.pass_obj
 def jobs_list(
-    ctx: Ctx, state: str | None, queue: str | None, node: str | None, limit: int, cursor: str | None
+    ctx: Ctx,
+    state: str | None,
+    queue: str | None,
+    node: str | None,
+    label: str | None,
+    limit: int,
+    cursor: str | None,
 ) -> None:
     """List jobs, newest first."""
     from urllib.parse import urlencode
 
-    params = {
-        k: v
-        for k, v in {"state": state, "queue": queue, "node": node, "limit": limit, "cursor": cursor}.items()
-        if v is not None
-    }
+    asked = {"state": state, "queue": queue, "node": node, "label": label, "limit": limit, "cursor": cursor}
+    params = {k: v for k, v in asked.items() if v is not None}
     data = ctx.call("GET", "/jobs?" + urlencode(params))
     table = _job_rows(data["jobs"])
     if data.get("next_cursor"):
@@ -356,7 +505,12 @@ def nodes() -> None:
 @click.pass_obj
 def nodes_list(ctx: Ctx) -> None:
     """All known agents."""
-    data = ctx.call("GET", "/nodes")
+    data: dict[str, Any] = {"nodes": [], "next_cursor": None}  # every page in one
+    cursor: str | None = ""
+    while cursor is not None:  # pages of 1,000 by name
+        page = ctx.call("GET", "/nodes" + (f"?cursor={cursor}" if cursor else ""))
+        data["nodes"] += page["nodes"]
+        cursor = page.get("next_cursor")
     rows = [
         [
             n["name"],
@@ -400,13 +554,57 @@ def nodes_describe(ctx: Ctx, name: str) -> None:
     ctx.emit(n, "\n".join(lines))
 
 
+def _result_text(r: Any) -> str:
+    """What a finished job made: a file's codec, size and duration; a stream's destination."""
+    if not isinstance(r, dict):
+        return str(r)
+    if r.get("codec") is None:  # a stream pushed elsewhere: nothing was probed
+        return f"pushed to {r.get('output')} via {r.get('encoder')}"
+    size = f"{r.get('width')}x{r.get('height')}" if r.get("width") else ""
+    secs = f"{r.get('duration_s')}s" if r.get("duration_s") is not None else ""
+    parts = [str(r.get("codec")), size, secs, f"{r.get('size_bytes', 0)} bytes", f"via {r.get('encoder')}"]
+    return " ".join(p for p in parts if p)
+
+
+def _running(n: dict[str, Any]) -> list[str]:
+    return [str(r.get("job")) for r in n.get("running") or [] if isinstance(r, dict)]
+
+
 @nodes.command("drain")
 @click.argument("name")
+@click.option("--wait", "-w", is_flag=True, help="Wait until NAME runs nothing; exit 0 only then")
+@click.option(
+    "--timeout", type=DURATION, default="1h", show_default=True, help="How long --wait waits (e.g. 90s, 30m)"
+)
+@click.option("--interval", type=DURATION, default="2s", show_default=True, help="How often --wait looks")
 @click.pass_obj
-def nodes_drain(ctx: Ctx, name: str) -> None:
-    """Stop NAME taking new jobs; its running jobs finish."""
+def nodes_drain(ctx: Ctx, name: str, wait: bool, timeout: float, interval: float) -> None:
+    """Stop NAME taking new jobs; its running jobs finish. With --wait, show what still runs
+    until nothing does (exit 0) or the timeout passes (exit 3: those jobs are still running)."""
     n = ctx.call("POST", f"/nodes/{name}/drain")
-    ctx.emit(n, f"{name}: drain requested ({len(n.get('running') or [])} job(s) still running)")
+    running = _running(n)
+    if not wait:
+        ctx.emit(n, f"{name}: drain requested ({len(running)} job(s) still running)")
+        return
+    deadline = time.monotonic() + timeout
+    shown: list[str] | None = None
+    while True:
+        if ctx.output != "json" and running != shown:
+            listed = f": {', '.join(running)}" if running else ""
+            click.echo(f"{name}: {len(running)} running{listed}", err=True)
+            shown = running
+        if not running or time.monotonic() >= deadline:
+            break
+        time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
+        n = ctx.call("GET", f"/nodes/{name}")
+        running = _running(n)
+    drained = not running
+    ctx.emit(
+        {**n, "drained": drained, "still_running": running},
+        f"{name}: drained" if drained else f"{name}: after {timeout:.0f}s, running: {', '.join(running)}",
+    )
+    if not drained:
+        sys.exit(EXIT_STILL_RUNNING)
 
 
 @nodes.command("undrain")
@@ -476,11 +674,15 @@ def _fleet_options(f: Any) -> Any:
         default=None,
         help="[default: ~/.local/state/ffrtmp]",
     )(f)
+    f = click.option(
+        "--tls", is_flag=True, help="Serve HTTPS (a CA and a localhost certificate in <state-dir>/tls)"
+    )(f)
     return f
 
 
-def _start_fleet(port: int, slots: int, metrics_port: int, state_dir: Path | None) -> Any:
-    from .up import Fleet, FleetError, default_state_dir, save_cli_config
+def _start_fleet(port: int, slots: int, metrics_port: int, state_dir: Path | None, tls: bool) -> Any:
+    from .config import save_cli_config
+    from .up import Fleet, FleetError, default_state_dir
 
     fleet = Fleet(
         (state_dir or default_state_dir()).absolute(),
@@ -488,21 +690,22 @@ def _start_fleet(port: int, slots: int, metrics_port: int, state_dir: Path | Non
         slots=slots,
         metrics_port=metrics_port,
         input_roots=[os.getcwd()],
+        tls=tls,
     )
     try:
         fleet.start()
     except FleetError as exc:
         fleet.stop()
         fail(str(exc), EXIT_USAGE)
-    cfg_path = save_cli_config(fleet.url, fleet.api_key)
+    cfg_path = save_cli_config(fleet.url, fleet.api_key, fleet.ca_cert)
     return fleet, cfg_path
 
 
 @cli.command("up")
 @_fleet_options
-def up(port: int, slots: int, metrics_port: int, state_dir: Path | None) -> None:
+def up(port: int, slots: int, metrics_port: int, state_dir: Path | None, tls: bool) -> None:
     """Run a whole fleet on this machine (Redis, coordinator, agent) until Ctrl-C."""
-    fleet, cfg_path = _start_fleet(port, slots, metrics_port, state_dir)
+    fleet, cfg_path = _start_fleet(port, slots, metrics_port, state_dir, tls)
     stop = {"signal": None}
 
     def on_signal(signum: int, _frame: Any) -> None:
@@ -512,7 +715,10 @@ def up(port: int, slots: int, metrics_port: int, state_dir: Path | None) -> None
     signal.signal(signal.SIGTERM, on_signal)
     click.echo(f"ffrtmp local fleet is up ({slots} slots)")
     click.echo(f"  URL:      {fleet.url}")
+    click.echo(f"  console:  {fleet.url}/ui   (log in with the API key)")
     click.echo(f"  API key:  {fleet.api_key}   (saved for the CLI in {cfg_path})")
+    if fleet.ca_cert:
+        click.echo(f"  TLS CA:   {fleet.ca_cert}   (saved for the CLI too)")
     click.echo(f"  outputs:  {fleet.outputs}")
     click.echo(f"  logs:     {fleet.state_dir / 'logs'}")
     click.echo("  try:      ffrtmp jobs submit --scenario 720p-h264 --duration 10 --wait")
@@ -540,14 +746,20 @@ def up(port: int, slots: int, metrics_port: int, state_dir: Path | None) -> None
 @click.option("--scenario", default="720p-h264", show_default=True, type=click.Choice(list(PRESETS)))
 @click.option("--clip-seconds", type=click.FloatRange(1, 600), default=10, show_default=True)
 def demo(
-    port: int, slots: int, metrics_port: int, state_dir: Path | None, scenario: str, clip_seconds: float
+    port: int,
+    slots: int,
+    metrics_port: int,
+    state_dir: Path | None,
+    tls: bool,
+    scenario: str,
+    clip_seconds: float,
 ) -> None:
     """Start a local fleet, generate a 1080p clip with FFmpeg, transcode it with progress, stop."""
     import subprocess
 
     from ..media import make_clip
 
-    fleet, _ = _start_fleet(port, slots, metrics_port, state_dir)
+    fleet, _ = _start_fleet(port, slots, metrics_port, state_dir, tls)
     try:
         clip = fleet.inputs / "demo-source-1080p.mp4"
         click.echo(f"generating a {clip_seconds:g}s 1080p test clip: {clip}", err=True)
@@ -555,7 +767,9 @@ def demo(
             make_clip(clip, seconds=clip_seconds, size="1920x1080", fps=30)
         except subprocess.CalledProcessError as exc:
             fail(f"could not generate the clip: {exc.stderr.decode(errors='replace')[-300:]}")
-        ctx = Ctx(fleet.url, fleet.api_key, "table")
+        from ..tls import client_context
+
+        ctx = Ctx(fleet.url, fleet.api_key, "table", client_context(fleet.ca_cert, None, None))
         body: dict[str, Any] = {"scenario": scenario, "input": clip.name, "queue": "default"}
         if PRESETS[scenario].kind == "restream":
             fail("the demo writes files; pick a file or HLS scenario")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import shutil
 import signal
@@ -20,6 +19,7 @@ from pathlib import Path
 
 from ..auth import new_key
 from ..rundir import RunDir
+from ..tls import LocalPki, client_context, local_pki
 
 INSTALL_HINT = {
     "redis-server": "sudo apt-get install redis-server",
@@ -36,29 +36,6 @@ class FleetError(Exception):
 def default_state_dir() -> Path:
     base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
     return Path(base) / "ffrtmp"
-
-
-def cli_config_path() -> Path:
-    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
-    return Path(base) / "ffrtmp" / "cli.json"
-
-
-def save_cli_config(url: str, api_key: str) -> Path:
-    path = cli_config_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump({"url": url, "api_key": api_key}, fh)
-    return path
-
-
-def load_cli_config() -> dict[str, str]:
-    try:
-        with open(cli_config_path()) as fh:
-            data = json.load(fh)
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
-        return {}
 
 
 def check_tools() -> None:
@@ -101,13 +78,23 @@ class Fleet:
     scheduler_interval: str = "10s"
     drain_timeout: str = "10s"
     log_to_files: bool = True
+    tls: bool = False  # HTTPS with a CA and a localhost certificate made in <state>/tls
     api_key: str = field(default_factory=new_key)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     _sock_dir: str | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
+
+    @property
+    def pki(self) -> LocalPki | None:
+        return local_pki(self.state_dir / "tls") if self.tls else None
+
+    @property
+    def ca_cert(self) -> str | None:
+        pki = self.pki
+        return str(pki.ca.cert) if pki else None
 
     @property
     def outputs(self) -> Path:
@@ -135,7 +122,7 @@ class Fleet:
         if not self.log_to_files:
             return None
         path = self.state_dir / "logs" / f"{name}.log"
-        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
         out = self._log(name)
@@ -170,8 +157,12 @@ class Fleet:
 
     def start(self) -> None:
         check_tools()
-        for d in ("redis", "logs", "agent", "outputs", "inputs"):
-            (self.state_dir / d).mkdir(parents=True, exist_ok=True)
+        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        for d in ("redis", "logs", "agent"):  # state, logs and run records: this user's only
+            (self.state_dir / d).mkdir(exist_ok=True, mode=0o700)
+            os.chmod(self.state_dir / d, 0o700)
+        for d in ("outputs", "inputs"):
+            (self.state_dir / d).mkdir(exist_ok=True)
         if not port_free("127.0.0.1", self.port):
             raise FleetError(f"port {self.port} is in use; pick another with --port")
         if self.metrics_port and not port_free("0.0.0.0", self.metrics_port):
@@ -211,6 +202,8 @@ class Fleet:
         self._wait("redis-server", conn.ping, 15, "redis")
         conn.close()
         py = sys.executable
+        pki = self.pki
+        tls_args = ["--tls-cert", str(pki.server.cert), "--tls-key", str(pki.server.key)] if pki else []
         self._spawn(
             "coordinator",
             [
@@ -227,6 +220,7 @@ class Fleet:
                 self.heartbeat_interval,
                 "--scheduler-interval",
                 self.scheduler_interval,
+                *tls_args,
             ],
             env={"FFRTMP_API_KEY": self.api_key},
         )
@@ -258,8 +252,10 @@ class Fleet:
             agent_argv += ["--input-root", root]
         self._spawn("agent", agent_argv)
 
+        context = client_context(str(pki.ca.cert), None, None) if pki else None
+
         def coordinator_up() -> bool:
-            with urllib.request.urlopen(self.url + "/health", timeout=1) as r:
+            with urllib.request.urlopen(self.url + "/health", timeout=1, context=context) as r:
                 return r.status == 200
 
         def agent_ready() -> bool:

@@ -11,7 +11,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.conftest import LocalFleet, ffprobe, free_port, make_clip, require, video_stream
+from tests.conftest import BIN, LocalFleet, ffprobe, free_port, make_clip, require, video_stream
 
 pytestmark = pytest.mark.e2e
 TERMINAL = {"completed", "failed", "timed_out", "canceled", "rejected"}
@@ -116,26 +116,31 @@ def test_hls_ladder_playlists_parse_and_renditions_are_right(fleet):
     assert sizes == {(1920, 1080), (1280, 720), (854, 480)}
 
 
-def test_http_input(fleet, tmp_path):
+def test_http_input_inside_the_network_needs_an_allowed_range(fleet, tmp_path):
+    """The shared fleet refuses a loopback URL (the default URL policy) with one message that
+    says nothing of what listens there; a fleet whose agent allows 127.0.0.0/8 encodes it."""
     make_clip(tmp_path / "web.mp4", seconds=2)
     handler = lambda *a, **k: http.server.SimpleHTTPRequestHandler(*a, directory=str(tmp_path), **k)  # noqa: E731
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{srv.server_address[1]}/web.mp4"
+    closed = f"http://127.0.0.1:{free_port()}/nothing-listens.mp4"
+    (tmp_path / "lan").mkdir()
+    lan = LocalFleet(tmp_path / "lan", slots=1, env={"FFRTMP_ALLOW_URL_NETWORKS": "127.0.0.0/8"})
     try:
-        jid = submit(
-            fleet,
-            "--scenario",
-            "480p-h264",
-            "--input",
-            f"http://127.0.0.1:{srv.server_address[1]}/web.mp4",
-            "--output",
-            "from-http.mp4",
-        )
-        job = wait_terminal(fleet, jid)
+        errors = []
+        for target in (url, closed):
+            refused = wait_terminal(fleet, submit(fleet, "--scenario", "480p-h264", "--input", target))
+            assert refused["state"] == "rejected", refused
+            errors.append((refused["error"]["reason"], refused["error"]["message"]))
+        assert errors == [("destination_not_allowed", "destination not allowed")] * 2  # no port-scan oracle
+        jid = submit(lan, "--scenario", "480p-h264", "--input", url, "--output", "from-http.mp4")
+        job = wait_terminal(lan, jid)
+        assert job["state"] == "completed", job
+        assert_media(lan.outputs / "from-http.mp4", "h264", 854, 480, 2)
     finally:
         srv.shutdown()
-    assert job["state"] == "completed", job
-    assert_media(fleet.outputs / "from-http.mp4", "h264", 854, 480, 2)
+        lan.stop()
 
 
 def test_rtmp_restream_pushes_to_a_real_rtmp_listener(fleet, tmp_path):
@@ -272,6 +277,10 @@ def test_cli_user_errors_are_one_line_without_traceback(fleet):
         (["jobs", "status", "jdoesnotexist"], "no job"),
         (["--api-key", "ffr_wrong", "jobs", "list"], "API key"),
         (["--url", "http://127.0.0.1:1", "jobs", "list"], "coordinator"),
+        (["--url", "not-a-url", "jobs", "list"], "--url"),
+        (["--url", "http://h:notaport", "jobs", "list"], "--url"),
+        (["jobs", "status", "ja\nb"], "cannot send"),
+        (["nodes", "drain", "no-such-node", "--wait", "--timeout", "soon"], "timeout"),
     ]
     for args, word in cases:
         res = fleet.cli(*args, timeout=60)
@@ -404,3 +413,79 @@ def test_demo_transcodes_a_generated_clip_and_stops(tmp_path):
     assert "%" in res.stderr  # progress was shown
     left = [p for p in psutil.process_iter(["cmdline"]) if str(tmp_path) in " ".join(p.info["cmdline"] or [])]
     assert not left
+
+
+def test_a_submit_retried_by_the_cli_carries_one_idempotency_key(tmp_path):
+    """The coordinator answers the first POST 503 (stalled behind a proxy): the CLI retries it
+    with the same Idempotency-Key, so the coordinator can never make two jobs of one submit."""
+    import json as _json
+
+    seen: list[str | None] = []
+
+    class Flaky(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            seen.append(self.headers.get("Idempotency-Key"))
+            if len(seen) == 1:
+                self.send_response(503)
+                self.end_headers()
+                return
+            body = _json.dumps(
+                {"id": "jflaky", "scenario": "480p-h264", "rq_queue": "default.medium"}
+            ).encode()
+            self.send_response(201)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_a):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Flaky)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path)}
+        res = subprocess.run(
+            [
+                str(BIN / "ffrtmp"),
+                "--url",
+                f"http://127.0.0.1:{srv.server_address[1]}",
+                "--api-key",
+                "k",
+                "jobs",
+                "submit",
+                "-s",
+                "480p-h264",
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
+    finally:
+        srv.shutdown()
+    assert res.returncode == 0 and "jflaky" in res.stdout, res.stdout + res.stderr
+    assert len(seen) == 2 and seen[0] and seen[0] == seen[1], seen
+
+
+def test_up_with_tls_serves_https_only_and_keeps_its_state_private(tmp_path):
+    import stat
+    import urllib.error
+    import urllib.request
+
+    f = LocalFleet(tmp_path, slots=1, extra=("--tls",))
+    try:
+        assert f.url.startswith("https://127.0.0.1:")
+        res = f.cli("jobs", "submit", "--scenario", "480p-h264", "--duration", "1", "--wait", timeout=240)
+        assert res.returncode == 0, res.stderr  # the CLI trusts the CA `up` saved for it
+        with pytest.raises(ConnectionResetError):  # plain HTTP is not served
+            urllib.request.urlopen(f.url.replace("https", "http") + "/health", timeout=5)
+        with pytest.raises(urllib.error.URLError, match="CERTIFICATE_VERIFY_FAILED"):
+            urllib.request.urlopen(f.url + "/health", timeout=5)  # nor trusted without the CA
+        for d in ("redis", "logs", "agent", "tls"):
+            assert stat.S_IMODE((f.state / d).stat().st_mode) == 0o700, d
+        for p in [*(f.state / "logs").iterdir(), *(f.state / "tls").glob("*.key")]:
+            assert stat.S_IMODE(p.stat().st_mode) == 0o600, p
+    finally:
+        assert f.stop() == 0

@@ -60,11 +60,14 @@ def coordinator(conn, redis_server, tmp_path):
         env={"PATH": "/usr/bin:/bin"},
     )
     url = f"http://127.0.0.1:{port}"
-    for _ in range(100):
+    deadline = time.monotonic() + 60  # a Python start on an oversubscribed machine takes seconds
+    while True:
         try:
             urllib.request.urlopen(url + "/health", timeout=1)
             break
         except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError((tmp_path / "coord.log").read_text(errors="replace")[-2000:]) from None
             time.sleep(0.05)
     yield url, keys
     proc.terminate()
@@ -137,10 +140,11 @@ def test_a_job_popped_by_a_worker_that_died_is_requeued_once_and_only_once(conn)
     from coordinator.config import CoordinatorConfig
     from coordinator.recovery import Recovery
     from ffrtmp.auth import KeyRing
-    from ffrtmp.jobs import SubmitDefaults, get_view, submit
+    from ffrtmp.jobs import get_view
     from ffrtmp.keys import PENDING
     from ffrtmp.model import validate_spec
     from ffrtmp.rqjob import rq_queue
+    from ffrtmp.submit import SubmitDefaults, submit
 
     cfg = CoordinatorConfig(redis_url="", keys=KeyRing([]), defaults=SubmitDefaults(), heartbeat_interval=1)
     rec = Recovery(conn, cfg, node_id="test")
@@ -160,3 +164,42 @@ def test_a_job_popped_by_a_worker_that_died_is_requeued_once_and_only_once(conn)
     assert conn.zscore(PENDING, started) is not None  # claimed, not yet started: still watched
     assert rec.sweep_lost(now + 20) == [] and rec.sweep_lost(now + 40) == []  # never twice
     assert conn.lrange(qkey, 0, -1).count(lost.encode()) == 1
+
+
+def test_nodes_are_listed_in_pages_by_name_and_filtered(coordinator, conn):
+    url, keys = coordinator
+    names = [f"n{i:02d}" for i in range(7)]
+    for i, name in enumerate(names):
+        enc = {"libx264": True, "h264_nvenc": i % 3 == 0}
+        write_heartbeat(conn, {"name": name, "slots": 2, "encoders": enc})
+    conn.set("ffrtmp:node:n05:drain", "1")
+    conn.set(
+        "ffrtmp:node:n06",
+        json.dumps(
+            {"name": "n06", "slots": 2, "encoders": {"h264_nvenc": True}, "last_heartbeat": time.time() - 600}
+        ),
+    )
+    seen, cursor = [], ""
+    while cursor is not None:
+        status, page = req(url + f"/nodes?limit=3&cursor={cursor}", keys["viewer"])
+        assert status == 200 and len(page["nodes"]) <= 3, page
+        seen += [n["name"] for n in page["nodes"]]
+        cursor = page["next_cursor"]
+    assert seen == names
+
+    def names_for(query):
+        return [n["name"] for n in req(url + f"/nodes?{query}", keys["viewer"])[1]["nodes"]]
+
+    assert names_for("state=dead") == ["n06"]
+    assert names_for("draining=true") == ["n05"]
+    assert names_for("encoder=h264_nvenc") == ["n00", "n03", "n06"]
+    assert names_for("encoder=h264_nvenc&state=alive&limit=1") == ["n00"]
+    for bad, field in [
+        ("state=zombie", "state"),
+        ("draining=yes", "draining"),
+        ("limit=0", "limit"),
+        ("cursor=../x", "cursor"),
+        ("encoder=a%20b", "encoder"),
+    ]:
+        status, body = req(url + f"/nodes?{bad}", keys["viewer"])
+        assert status == 422 and body["error"]["field"] == field, (bad, body)

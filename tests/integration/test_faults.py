@@ -17,8 +17,9 @@ import psutil
 import pytest
 
 from ffrtmp.durations import parse_duration
-from ffrtmp.jobs import SubmitDefaults, get_view, submit
+from ffrtmp.jobs import get_view
 from ffrtmp.model import validate_spec
+from ffrtmp.submit import SubmitDefaults, submit
 from tests.conftest import ffprobe, make_clip
 from tests.integration.test_recovery import HB, TERMINAL, Cluster, ffmpeg_pids, wait_view
 
@@ -138,6 +139,33 @@ def test_a_sigkilled_run_supervisor_takes_its_ffmpeg_along_before_the_retry(clus
     assert ("running", "retrying", "runner_died") in steps(v)
     later = [pid for pid in seen if pid != old]
     assert later and all(seen[old][1] < seen[p][0] for p in later), seen  # gone before the retry
+
+
+def test_an_agent_killed_with_its_run_on_the_last_attempt_leaves_no_partial_output(cluster, conn):
+    """The agent (slots, horses) and the run's supervisor are SIGKILLed together on a job's last
+    attempt: nobody is left to discard the half-written output and no later attempt will. The
+    restarted agent's sweep removes it once the job has failed; the published name never appears."""
+    cluster.start_agent("p1")
+    job_id = live_job(conn, "lastpart.ts", 60, max_attempts=1)
+    wait_view(conn, job_id, running_with_frames)
+    (pid,) = ffmpeg_pids(job_id)
+    supervisor = psutil.Process(pid).parent()
+    assert supervisor is not None
+    parts = list(cluster.outputs.glob(".lastpart*.part*"))
+    assert parts, list(cluster.outputs.iterdir())
+    proc, _ = cluster.agents.pop("p1")
+    for p in [*tree(proc.pid), supervisor]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+    proc.wait(10)
+    v = wait_view(conn, job_id, lambda v: v["state"] in TERMINAL, timeout=60 + 30 * HB_S)
+    assert v["state"] == "failed" and v["attempts"] == 1, v
+    assert parts[0].exists()  # nothing of ours is alive on that node to remove it yet
+    cluster.start_agent("p1")
+    deadline = time.monotonic() + 60 + 10 * HB_S
+    while parts[0].exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not list(cluster.outputs.glob(".lastpart*")) and not (cluster.outputs / "lastpart.ts").exists()
 
 
 def _slot_processes(node: str) -> list[psutil.Process]:

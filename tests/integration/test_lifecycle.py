@@ -4,6 +4,7 @@ fenced by the attempt's lease, so late, duplicate and stale writers change nothi
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 import time
 
@@ -14,10 +15,12 @@ from coordinator.config import CoordinatorConfig
 from coordinator.recovery import Recovery
 from ffrtmp import keys, lifecycle
 from ffrtmp.auth import KeyRing
-from ffrtmp.jobs import SubmitDefaults, get_view, list_views, submit
+from ffrtmp.jobs import get_view, list_views
 from ffrtmp.lifecycle import Ending, Lease, Refused
 from ffrtmp.model import validate_spec
+from ffrtmp.nodes import fleet_summary, get_node, write_heartbeat
 from ffrtmp.rqjob import SERIALIZER, SafeJob, fetch_job, rq_queue
+from ffrtmp.submit import SubmitDefaults, submit
 
 pytestmark = pytest.mark.integration
 Q = "default.medium"
@@ -94,6 +97,13 @@ def test_every_write_of_an_attempt_that_lost_its_lease_is_refused(conn):
     assert lifecycle.abandon(conn, jid, old_exec.id, reg, lambda _l: "node_lost") == "requeued"
     new, _ = _pop_and_claim(conn, jid, "n2.s0")
     assert new.attempt == old.attempt + 1
+    # what runs where follows the lease, not the nodes the job ran on before
+    assert lifecycle.leases_on(conn, "n2") == [new] and lifecycle.leases_on(conn, "n1") == []
+    # a node whose heartbeat has not shown the run yet still shows it running (a drain waits)
+    write_heartbeat(conn, {"name": "n2", "running": []})
+    assert [r["job"] for r in get_node(conn, "n2", 30)["running"]] == [jid]
+    write_heartbeat(conn, {"name": "n1", "running": "not a list"})
+    assert get_node(conn, "n1", 30)["running"] == []
     for write in (
         lambda: lifecycle.started(conn, old, {}, "default", 0),
         lambda: lifecycle.finish(conn, old, Ending("completed", "ffmpeg_exit_0", "ok")),
@@ -293,3 +303,44 @@ def test_a_running_job_whose_lease_this_version_cannot_read_is_still_recovered(c
     conn.zadd(reg, {f"{jid}:{execution.id}": time.time() - 1})
     assert lifecycle.abandon(conn, jid, execution.id, reg, lambda _l: "node_lost") == "requeued"
     assert get_view(conn, jid)["state"] == "queued" and not conn.exists(keys.lease_key(jid))
+
+
+def test_fleet_gauges_come_from_the_summary_and_mind_old_agents_and_bad_entries(conn):
+    """/metrics counts nodes from one aggregate; an agent that writes no summary entry (older
+    than it) is still counted from its record, and a broken entry never breaks the count."""
+    beat = {"schema": 2, "slots": 4, "slots_busy": 1}
+    write_heartbeat(conn, {**beat, "name": "a1"})
+    write_heartbeat(conn, {**beat, "name": "a2", "draining": True, "slots_busy": 9})  # busy capped
+    write_heartbeat(conn, {**beat, "name": "s1", "stopped": True})
+    write_heartbeat(conn, {**beat, "name": "d1"})
+    conn.zadd(keys.NODES_INDEX, {"d1": time.time() - 100})  # missed its heartbeats
+    conn.hset(keys.NODE_SUMMARY, "d1", json.dumps([time.time() - 100, 4, 1, False, False]))
+    write_heartbeat(conn, {**beat, "name": "old"})
+    conn.hdel(keys.NODE_SUMMARY, "old")  # an agent from before the summary
+    write_heartbeat(conn, {**beat, "name": "bad"})
+    conn.hset(keys.NODE_SUMMARY, "bad", b"[1, 2")  # unreadable: counted from its record instead
+    f = fleet_summary(conn, 30)
+    assert f.states == {"alive": 3, "draining": 1, "dead": 1, "stopped": 1}
+    assert (f.slots_total, f.slots_busy) == (16, 7)
+    assert [n for n, _ in f.down] == ["d1"] and f.down[0][1] >= 99
+
+
+def test_housekeeping_visits_every_queue_within_its_period_and_prunes_gone_nodes(conn):
+    """An idle tick takes no queue's lock but a slice's; within HOUSEKEEPING_S every queue's
+    dead workers are swept, and nodes silent for the records' lifetime are forgotten."""
+    from rq.worker_registration import WORKERS_BY_QUEUE_KEY
+
+    from coordinator.recovery import HOUSEKEEPING_S
+    from ffrtmp.queues import queues_in_use
+
+    rec = _leader(conn)
+    names = queues_in_use(conn)
+    last = rq_queue(names[-1], conn)
+    conn.sadd(WORKERS_BY_QUEUE_KEY % last.name, "rq:worker:gone.s0")  # a worker whose hash expired
+    write_heartbeat(conn, {"name": "ancient", "slots": 1})
+    conn.zadd(keys.NODES_INDEX, {"ancient": time.time() - keys.NODE_TTL_S - 1})
+    ticks = math.ceil(HOUSEKEEPING_S / rec.cfg.scheduler_interval)
+    locked = [rec.tick() for _ in range(ticks)]
+    assert max(locked) < len(names)  # a slice per tick, not every queue
+    assert not conn.sismember(WORKERS_BY_QUEUE_KEY % last.name, "rq:worker:gone.s0")
+    assert conn.zscore(keys.NODES_INDEX, "ancient") is None and not conn.hexists(keys.NODE_SUMMARY, "ancient")

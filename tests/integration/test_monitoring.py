@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ffrtmp.jobs import SubmitDefaults, get_view, submit
+from ffrtmp.jobs import get_view
 from ffrtmp.model import validate_spec
+from ffrtmp.submit import SubmitDefaults, submit
 from tests.conftest import ROOT, LocalFleet, agent_argv, free_port, require, spawn_logged, wait_agent_ready
 
 pytestmark = pytest.mark.integration
@@ -244,7 +245,7 @@ def test_a_real_prometheus_evaluates_every_alert_and_panel_on_a_running_fleet(bu
             "ffrtmp_job_run_seconds_bucket",
             "rq_jobs",
             "ffrtmp_agent_encoder_up",
-            "ffrtmp_node_up",
+            "ffrtmp_nodes",
             "ffrtmp_job_queue_wait_seconds_count",
         ):
             assert name in in_tsdb, name

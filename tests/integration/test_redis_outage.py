@@ -6,6 +6,7 @@ every job ends soon after Redis is back."""
 from __future__ import annotations
 
 import os
+import signal
 import time
 
 import pytest
@@ -73,5 +74,48 @@ def test_a_redis_outage_loses_no_finished_work_and_blames_no_node(tmp_path):
             f"redis down {OUTAGE_S:.0f}s: jobs settled {settled_after:.1f}s after it came back; "
             f"a new 1 s job took {fresh_s:.1f}s"
         )
+    finally:
+        stack.stop()
+
+
+def _scrape(stack: Stack) -> tuple[float, str]:
+    import urllib.request
+
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{stack.port}/metrics", headers={"Authorization": f"Bearer {stack.key}"}
+    )
+    t0 = time.monotonic()
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return time.monotonic() - t0, r.read().decode()
+
+
+def test_metrics_answer_at_once_that_a_frozen_redis_is_down(tmp_path):
+    """A SIGSTOPped Redis holds every call for the socket timeout (5 s), longer than a scrape
+    timeout: the scrape must still answer, within a second, with ffrtmp_redis_up 0."""
+    require("redis-server")
+    stack = Stack(tmp_path)
+    stack.start_redis()
+    stack.start_coordinator()
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                _, text = _scrape(stack)
+                break
+            except OSError:
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+        assert "ffrtmp_redis_up 1.0" in text and "rq_jobs{" in text
+        assert stack.redis is not None
+        stack.redis.send_signal(signal.SIGSTOP)
+        try:
+            took, text = _scrape(stack)
+        finally:
+            stack.redis.send_signal(signal.SIGCONT)
+        assert "ffrtmp_redis_up 0.0" in text and "ffrtmp_coordinator_build_info" in text and took < 2.5, took
+        deadline = time.monotonic() + 30
+        while "ffrtmp_redis_up 1.0" not in _scrape(stack)[1]:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
     finally:
         stack.stop()

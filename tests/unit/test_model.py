@@ -30,6 +30,8 @@ def test_resolutions(value, wh):
 
 
 HOSTILE = [
+    ({"scenario": "720p-h264", "callback_url": "file:///etc/passwd"}, "callback_url"),
+    ({"scenario": "720p-h264", "callback_url": "http://h:notaport/x"}, "callback_url"),
     ({"scenario": "720p-h264", "input": "../../etc/passwd"}, "input"),
     ({"scenario": "720p-h264", "input": "media/../../secret.mp4"}, "input"),
     ({"scenario": "720p-h264", "input": "-i"}, "input"),
@@ -84,6 +86,14 @@ HOSTILE = [
     ({"scenario": "720p-h264", "labels": {"k": "v\n"}}, "labels"),
     ({"scenario": "720p-h264", "extra_args": "-vf scale=1:1"}, "extra_args"),
     ({"scenario": "720p-h264", "ffmpeg_args": ["-y"]}, "ffmpeg_args"),
+    # quirks found from outside: each was a 500 or a silent coercion
+    ({"scenario": "480p-h264", "duration": True}, "duration"),
+    ({"scenario": "480p-h264", "max_attempts": False}, "max_attempts"),
+    ({"scenario": "\ud800"}, "scenario"),
+    ({"scenario": "480p-h264", "input": "clip\udc00.mp4"}, "input"),
+    ({"scenario": "480p-h264", "labels": {"k": "\ud83d"}}, "labels"),
+    ({"scenario": "480p-h264", "bitrate": 10**400}, "bitrate"),
+    ({"scenario": "480p-h264", "node": "a\nb"}, "node"),
 ]
 
 
@@ -98,3 +108,10 @@ def test_hostile_submissions_name_the_field(body, field):
 def test_body_must_be_an_object():
     with pytest.raises(SubmissionError):
         validate_spec(["scenario", "720p-h264"])
+
+
+def test_a_restream_is_live_work_unless_the_job_says_otherwise():
+    restream = {"scenario": "rtmp-restream", "output": "rtmp://h.example/live/k", "duration": 5}
+    assert validate_spec(restream).queue == "live"
+    assert validate_spec({**restream, "queue": "default"}).queue == "default"
+    assert validate_spec({"scenario": "480p-h264"}).queue == "default"

@@ -100,3 +100,40 @@ def test_limits_without_systemd_are_refused_not_ignored():
     with pytest.raises(PlanError) as exc:
         apply_limits(["ffmpeg"], "jx", 1, None, 512, None)
     assert exc.value.reason == "limits_unenforceable" and not exc.value.platform
+
+
+@pytest.mark.parametrize(
+    ("spec_input", "protocols"),
+    [
+        ("clip.mp4", "file"),
+        ("rtmp://h/app/key", "rtmp,tcp"),
+        ("rtmps://h/app/key", "rtmps,rtmp,tls,tcp"),
+        ("srt://h:9000", "srt,udp"),
+        ("https://h/a.m3u8", "https,http,httpproxy,tls,tcp"),
+    ],
+)
+def test_every_input_kind_pins_what_ffmpeg_may_open(ctx, spec_input, protocols):
+    from agent.pipeline import LOCAL_DEMUXERS
+
+    argv = build_plan(validate_spec({"scenario": "480p-h264", "input": spec_input}), "jx", 1, ctx).argv
+    i = argv.index("-i")
+    assert argv[argv.index("-protocol_whitelist") + 1] == protocols and argv.index("-protocol_whitelist") < i
+    if protocols == "file":  # local: media containers only, never a playlist or a list
+        allowed = set(argv[argv.index("-format_whitelist") + 1].split(","))
+        assert allowed == set(LOCAL_DEMUXERS.split(",")) and not allowed & {
+            "hls",
+            "dash",
+            "concat",
+            "image2",
+            "tee",
+        }
+    else:
+        assert "-format_whitelist" not in argv
+
+
+def test_a_url_of_an_unknown_scheme_is_refused_by_the_guard():
+    from agent.pipeline import input_guard
+
+    with pytest.raises(PlanError) as exc:
+        input_guard("gopher://h/x")
+    assert exc.value.reason == "input_scheme_refused"

@@ -3,7 +3,8 @@ import pytest
 from agent.runner import parse_progress_block, with_percent
 from ffrtmp.auth import KeyRing, hash_key, new_key, parse_key_file, role_allows
 from ffrtmp.durations import parse_duration
-from ffrtmp.queues import PLAIN_QUEUES, queue_for, slot_queues
+from ffrtmp.nodes import _node_record
+from ffrtmp.queues import PLAIN_QUEUES, queue_for, slot_queues, split_queue
 
 
 @pytest.mark.parametrize(
@@ -28,6 +29,29 @@ def test_queue_order_is_strict():
         queue_for("batch", "low", "nvenc") == "batch.low.nvenc"
         and queue_for("live", "high", "auto") == "live.high"
     )
+
+
+def test_pinned_queues_come_first_in_each_tier_and_parse_back():
+    assert queue_for("default", "high", "nvenc", node="gpu-1.dc") == "default.high@gpu-1.dc"
+    assert split_queue("default.high@gpu-1.dc") == ("default", "high", None)
+    assert split_queue("batch.low.qsv") == ("batch", "low", "qsv")
+    qs = slot_queues(["nvenc"], live_only=True, node="n1")
+    assert qs[:4] == ["live.high@n1", "live.high.nvenc", "live.high", "live.medium@n1"]
+    assert len(slot_queues([], live_only=False, node="n1")) == 18
+
+
+@pytest.mark.parametrize("blob", [b"not json", b"[1, 2]", b'{"no": "name"}', b'{"name": 5}', None])
+def test_a_broken_node_record_is_no_node(blob):
+    assert _node_record(blob, 0, 0, 100.0, 15.0) is None
+
+
+def test_node_record_state_schema_and_a_garbled_heartbeat():
+    rec = _node_record(b'{"name": "a", "last_heartbeat": 95}', 1, 4, 100.0, 15.0)
+    assert (
+        rec["state"] == "draining" and rec["schema"] == 1 and rec["flapping"] and rec["heartbeat_age_s"] == 5
+    )
+    rec = _node_record(b'{"name": "a", "last_heartbeat": "soon", "schema": 2}', 0, 0, 100.0, 15.0)
+    assert rec["state"] == "dead" and rec["schema"] == 2
 
 
 def test_progress_parsing_and_percent():
@@ -85,3 +109,76 @@ def test_recovery_timings_never_overlap_a_run_with_its_retry(hb):
     assert deadline >= 3 * hb  # re-adoption works for a restart within the heartbeat timeout
     if hb == 30:  # default timings: requeued within heartbeat timeout + 15 s (recovery tick 10 s)
         assert ttl + 10 <= 3 * hb + 15
+
+
+def test_run_directory_format_is_read_and_a_garbled_one_counts_as_newer(tmp_path):
+    import json
+
+    from ffrtmp.rundir import FORMAT, RunDir
+
+    rd = RunDir.create(str(tmp_path), "jabc", 1, "e" * 32, "1|" + "e" * 32 + "|n1|s0")
+    assert rd.format == FORMAT and rd.token.endswith("|n1|s0")
+    for written, read in (
+        ({}, 1),
+        ({"format": 7}, 7),
+        ({"format": "7"}, FORMAT + 1),
+        ({"format": True}, FORMAT + 1),
+    ):
+        (tmp_path / "runs" / "jabc" / f"1-{'e' * 12}" / "attempt.json").write_text(json.dumps(written))
+        assert rd.format == read, written
+
+
+@pytest.mark.parametrize(
+    ("node", "ok"), [("gpu-1", True), ("a.b_c", True), ("-x", False), ("a b", False), ("", False)]
+)
+def test_a_pinned_node_name_is_validated(node, ok):
+    from ffrtmp.model import SubmissionError, validate_spec
+
+    if ok:
+        assert validate_spec({"scenario": "480p-h264", "node": node}).node == node
+    else:
+        with pytest.raises(SubmissionError) as exc:
+            validate_spec({"scenario": "480p-h264", "node": node})
+        assert exc.value.field == "node"
+
+
+def test_the_supervisor_program_records_a_command_it_cannot_run(tmp_path):
+    """agent.runner is a program of its own: a cmd.json naming no command ends it with an
+    exit record (returncode 127 and the error), never silently."""
+    import json
+    import subprocess
+    import sys
+
+    from ffrtmp.rundir import RunDir
+
+    rd = RunDir.create(str(tmp_path), "jbad", 1, "f" * 32, "1|" + "f" * 32 + "|n1|s0")
+    (tmp_path / "runs" / "jbad" / f"1-{'f' * 12}" / "cmd.json").write_text(
+        json.dumps({"argv": "ffmpeg -i x"})
+    )
+    res = subprocess.run(
+        [sys.executable, "-P", "-m", "agent.runner", rd.path], capture_output=True, timeout=60
+    )
+    assert res.returncode == 1 and b"runner failed" in res.stderr
+    exit_rec = json.loads((tmp_path / "runs" / "jbad" / f"1-{'f' * 12}" / "exit.json").read_text())
+    assert exit_rec["returncode"] == 127 and "names no command" in exit_rec["runner_error"]
+
+
+def test_the_supervisor_removes_the_output_of_a_run_that_failed(tmp_path):
+    """Nobody publishes what a failed run wrote: its supervisor removes the partial output
+    itself (its watcher may be dead) and records how much it took (for the disk-full marker)."""
+    import json
+    import subprocess
+    import sys
+
+    from ffrtmp.rundir import RunDir
+
+    rd = RunDir.create(str(tmp_path), "jfail", 1, "a" * 32, "1|" + "a" * 32 + "|n1|s0")
+    part = tmp_path / ".out.jfail-a1.part.ts"
+    argv = ["sh", "-c", f"printf 12345 > {part}; exit 3"]
+    (tmp_path / "runs" / "jfail" / f"1-{'a' * 12}" / "cmd.json").write_text(
+        json.dumps({"argv": argv, "tmp_output": str(part)})
+    )
+    subprocess.run([sys.executable, "-P", "-m", "agent.runner", rd.path], capture_output=True, timeout=60)
+    exit_rec = rd.exit()
+    assert exit_rec is not None and exit_rec["returncode"] == 3 and exit_rec["partial_bytes"] == 5
+    assert not part.exists()
