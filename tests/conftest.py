@@ -27,7 +27,7 @@ BIN = Path(sys.executable).parent
 def require(tool: str) -> str:
     path = shutil.which(tool)
     if not path:
-        pytest.fail(f"{tool} is required for this test (bash scripts/setup.sh installs it)")
+        pytest.fail(f"{tool} is required for this test (bash scripts/test.sh installs it)")
     return path
 
 
@@ -147,14 +147,21 @@ def wait_agent_ready(
 class LocalFleet:
     """`ffrtmp up` run exactly as an operator runs it, in its own state dir and config home."""
 
-    def __init__(self, tmp: Path, slots: int = 2) -> None:
+    def __init__(
+        self, tmp: Path, slots: int = 2, env: dict[str, str] | None = None, extra: tuple[str, ...] = ()
+    ) -> None:
         require("redis-server")
         require("ffmpeg")
         self.tmp = tmp
         self.state = tmp / "state"
         self.port = free_port()
         self.metrics_port = free_port()
-        self.env = {**os.environ, "XDG_CONFIG_HOME": str(tmp / "config"), "PYTHONUNBUFFERED": "1"}
+        self.env = {
+            **os.environ,
+            "XDG_CONFIG_HOME": str(tmp / "config"),
+            "PYTHONUNBUFFERED": "1",
+            **(env or {}),
+        }
         self.env.pop("FFRTMP_URL", None)
         self.env.pop("FFRTMP_API_KEY", None)
         self.log = open(tmp / "up.log", "wb")  # noqa: SIM115
@@ -170,6 +177,7 @@ class LocalFleet:
                 str(self.metrics_port),
                 "--state-dir",
                 str(self.state),
+                *extra,
             ],
             stdout=self.log,
             stderr=subprocess.STDOUT,
