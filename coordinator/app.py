@@ -26,7 +26,7 @@ from ffrtmp.model import LABEL_KEY, NODE_NAME, JobSpec, SubmissionError, is_url,
 from ffrtmp.nodes import NODE_STATES, NodeFilter, get_node, page_nodes, set_draining
 from ffrtmp.queues import ALL_QUEUES, TIERS
 from ffrtmp.redact import redact
-from ffrtmp.redisconn import ping
+from ffrtmp.redisconn import ping, text
 from ffrtmp.submit import MAX_BATCH, IdempotencyConflict, submit_many, submit_many_once
 from ffrtmp.terms import JobState
 
@@ -354,7 +354,7 @@ class Api:
         if view is None:
             return error(404, "not_found", f"no job {job_id}")
         raw = await self.run(self.conn.hgetall, logs_key(job_id))
-        attempts = {k.decode(): v.decode("utf-8", "replace") for k, v in sorted(raw.items())}
+        attempts = {text(k): text(v) for k, v in sorted(raw.items())}
         return shown(request, {"id": job_id, "state": view["state"], "attempts": attempts})
 
     async def cancel_job(self, request: web.Request) -> web.Response:
@@ -513,7 +513,7 @@ def build_app(cfg: CoordinatorConfig, conn: redis.Redis) -> web.Application:
         app.on_startup.append(start_recovery)
         app.on_cleanup.append(stop_recovery)
         if cfg.webhooks.enabled:
-            hooks = Webhooks(conn, cfg.webhooks)
+            hooks = Webhooks(conn, cfg.webhooks, cfg.heartbeat_timeout)
 
             async def start_webhooks(app: web.Application) -> None:
                 app[WEBHOOK_TASK] = asyncio.create_task(hooks.loop(lambda: recovery.is_leader))

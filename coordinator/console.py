@@ -29,6 +29,7 @@ from ffrtmp.jobs import JOB_ID, cancel, get_view, list_views, retry
 from ffrtmp.model import LABEL_KEY, NODE_NAME
 from ffrtmp.nodes import get_node, page_nodes, set_draining
 from ffrtmp.redact import redact
+from ffrtmp.redisconn import text
 from ffrtmp.terms import JobState
 
 from . import pages
@@ -120,7 +121,7 @@ class Console:
         operator's key."""
         s = await self.session(request)
         form = await request.post()
-        if s is None or not hmac.compare_digest(str(form.get("csrf", "")), s.csrf):
+        if s is None or not hmac.compare_digest(str(form.get("csrf", "")).encode(), s.csrf.encode()):
             raise web.HTTPForbidden(text="This form has expired: reload the page and try again.")
         if needs_operator and not s.can_act:
             raise web.HTTPForbidden(text=f"This needs an operator key; '{s.key.name}' is {s.key.role}.")
@@ -178,7 +179,7 @@ class Console:
         if view is None:
             return self._page(request, "Not found", pages.not_found(f"There is no job {jid}."), s, 404)
         raw = await self.api.run(self.api.conn.hgetall, keys.logs_key(jid))
-        logs = {k.decode(): v.decode("utf-8", "replace") for k, v in sorted(raw.items())}
+        logs = {text(k): text(v) for k, v in sorted(raw.items())}
         done = pages.DONE.get(request.query.get("done", ""))
         main = pages.job(self._shown(s, view), self._shown(s, logs), s.can_act, s.csrf, done)
         return self._page(request, f"Job {jid}", main, s)

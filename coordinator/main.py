@@ -224,7 +224,16 @@ def on_sighup(tls: ServerTls | None, ctx: ssl.SSLContext | None) -> None:
     "webhook_networks",
     envvar="FFRTMP_ALLOW_WEBHOOK_NETWORKS",
     multiple=True,
-    help="A network inside (CIDR) webhooks may reach; by default only public addresses. Repeatable.",
+    help="A network inside (CIDR) the --webhook-url receivers may be in; by default only public "
+    "addresses. Repeatable.",
+)
+@click.option(
+    "--allow-callback-network",
+    "callback_networks",
+    envvar="FFRTMP_ALLOW_CALLBACK_NETWORKS",
+    multiple=True,
+    help="A network inside (CIDR) a job's callback_url may reach (any operator chooses those); by "
+    "default only public addresses. Repeatable.",
 )
 @click.option(
     "--webhook-retry-base",
@@ -288,15 +297,34 @@ def main(**kw: Any) -> None:
 def _webhooks(kw: dict[str, Any]) -> WebhookConfig:
     urls = [u for v in kw["webhook_urls"] for u in v.split()]
     for url in urls:
-        if urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).hostname:
+        try:
+            parts = urlsplit(url)
+            ok = parts.scheme in ("http", "https") and bool(parts.hostname) and (parts.port or 1) > 0
+        except ValueError:  # a port that is not a number or out of range
+            ok = False
+        if not ok:
             raise click.UsageError(f"--webhook-url: '{url}' is not an http(s) URL")
     if urls and not kw["webhook_secret"]:
         raise click.UsageError("--webhook-url needs --webhook-secret (deliveries are signed)")
-    try:
-        parse_networks(list(kw["webhook_networks"]))
-    except ValueError as exc:
-        raise click.UsageError(f"--allow-webhook-network: {exc}") from None
-    return WebhookConfig(kw["webhook_secret"], urls, list(kw["webhook_networks"]), kw["webhook_retry_base"])
+    nets = {name: [n for v in kw[key] for n in v.split()] for name, key in _NETWORK_OPTIONS}
+    for name, value in nets.items():
+        try:
+            parse_networks(value)
+        except ValueError as exc:
+            raise click.UsageError(f"{name}: {exc}") from None
+    return WebhookConfig(
+        kw["webhook_secret"],
+        urls,
+        nets["--allow-webhook-network"],
+        kw["webhook_retry_base"],
+        nets["--allow-callback-network"],
+    )
+
+
+_NETWORK_OPTIONS = (
+    ("--allow-webhook-network", "webhook_networks"),
+    ("--allow-callback-network", "callback_networks"),
+)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ number of coordinators report the same totals.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +32,7 @@ from rq.utils import utcparse
 from ffrtmp import __version__, stats
 from ffrtmp.nodes import FleetSummary, fleet_summary
 from ffrtmp.queues import ALL_QUEUES, TIERS, split_queue
+from ffrtmp.redisconn import text
 from ffrtmp.rqjob import SafeJob, rq_queue
 
 if TYPE_CHECKING:
@@ -95,7 +97,7 @@ class CoordinatorMetrics:
             for j, status in enumerate(REGISTRIES):
                 stats[status] = row[2 + j]
             if row[1]:
-                heads[name] = row[1].decode()
+                heads[name] = text(row[1])
             out.append(stats)
         if heads:
             with self.conn.pipeline(transaction=False) as pipe:
@@ -104,8 +106,8 @@ class CoordinatorMetrics:
                 stamps = pipe.execute()
             ages = {}
             for (name, _jid), ts in zip(heads.items(), stamps, strict=True):
-                if ts:
-                    ages[name] = max(0.0, now - utcparse(ts.decode()).timestamp())
+                with contextlib.suppress(ValueError, TypeError):  # a stamp that is not one: no age
+                    ages[name] = max(0.0, now - utcparse(text(ts)).timestamp()) if ts else 0.0
             for stats in out:
                 stats["oldest_age_s"] = round(ages.get(stats["name"], 0.0), 3)
         else:

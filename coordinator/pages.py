@@ -8,9 +8,10 @@ from __future__ import annotations
 import html
 import time
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from ffrtmp import __version__
+from ffrtmp.model import NODE_NAME
 from ffrtmp.terms import JobState
 
 ACTIVE = ("queued", "running", "retrying")
@@ -94,9 +95,9 @@ def fleet(nodes: list[dict[str, Any]], can_act: bool, csrf: str, done: str | Non
             if on
         )
         action = ""
-        if can_act and n.get("state") in ("alive", "draining"):
-            verb = "undrain" if n.get("state") == "draining" else "drain"
-            action = _button(f"/ui/nodes/{name}/{verb}", verb.capitalize(), csrf, "/ui/fleet")
+        if can_act and n.get("state") in ("alive", "draining") and NODE_NAME.fullmatch(name):
+            verb = "undrain" if n.get("state") == "draining" else "drain"  # a name from Redis: quoted
+            action = _button(f"/ui/nodes/{quote(name, safe='')}/{verb}", verb.capitalize(), csrf, "/ui/fleet")
         rows.append(
             f'<tr><th scope="row">{esc(name)}</th>'
             f'<td><span class="state s-{esc(n.get("state"))}">{esc(n.get("state"))}</span> {flags}</td>'

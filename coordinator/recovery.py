@@ -23,6 +23,7 @@ import redis
 from rq import worker_registration
 
 from ffrtmp import keys, lifecycle
+from ffrtmp.jobs import prune_indexes
 from ffrtmp.lifecycle import Lease
 from ffrtmp.nodes import node_key
 from ffrtmp.queues import queues_in_use
@@ -267,6 +268,7 @@ class Recovery:
             if self._housekeeping_at >= len(names):
                 self._housekeeping_at = 0
                 self.prune_nodes(now)
+                prune_indexes(self.conn)
         self._last_ok = time.time()
         return cleaned
 

@@ -16,7 +16,8 @@ from typing import Any
 
 import redis
 
-from . import keys, lifecycle
+from . import keys, lifecycle, queues
+from .redisconn import text
 from .rqjob import SafeJob, restore_job
 from .terms import TERMINAL_STATES, JobState
 
@@ -223,6 +224,57 @@ def list_views(
             conn.zrem(walked, *gone)
         pos += len(ids) - len(gone)
     return out, pos if conn.zcard(walked) > pos else None
+
+
+PRUNE_OLDEST = 100  # entries per index a prune pass checks
+PRUNE_SAMPLE = 20  # label and node indexes per pass (there can be many)
+
+
+def _indexes_to_prune(conn: redis.Redis) -> list[str]:
+    with conn.pipeline(transaction=False) as pipe:
+        pipe.srandmember(keys.LABEL_INDEXES, PRUNE_SAMPLE)
+        pipe.zrandmember(keys.NODES_INDEX, PRUNE_SAMPLE)
+        labels, nodes = pipe.execute()
+    fixed = [keys.JOBS_INDEX, *(keys.state_index(s.value) for s in JobState)]
+    fixed += [keys.queue_index(q) for q in (*queues.TIERS, *queues.queues_in_use(conn))]
+    return fixed + [text(x) for x in labels or []] + [keys.node_index(text(n)) for n in nodes or []]
+
+
+def prune_indexes(conn: redis.Redis) -> int:
+    """Drop the ids of jobs that expired from the listing indexes (a listing drops those it
+    walks over, but an index nobody lists would only grow): the oldest ``PRUNE_OLDEST`` of
+    every state and queue index and of a sample of the label and node indexes, in three
+    round trips. Returns how many entries it dropped."""
+    indexes = _indexes_to_prune(conn)
+    with conn.pipeline(transaction=False) as pipe:
+        for index in indexes:
+            pipe.zrange(index, 0, PRUNE_OLDEST - 1)
+        oldest = [[text(i) for i in ids] for ids in pipe.execute()]
+    flat = [i for ids in oldest for i in ids]
+    if not flat:
+        return 0
+    with conn.pipeline(transaction=False) as pipe:
+        for jid in flat:
+            pipe.exists(SafeJob.key_for(jid))
+        alive = dict(zip(flat, pipe.execute(), strict=True))
+    dropped = 0
+    with conn.pipeline(transaction=False) as pipe:
+        for index, ids in zip(indexes, oldest, strict=True):
+            if gone := [i for i in ids if not alive[i]]:
+                pipe.zrem(index, *gone)
+                dropped += len(gone)
+                if index.startswith(keys.LABEL_INDEX_PREFIX) and len(gone) == len(ids):
+                    pipe.eval(_FORGET_EMPTY_LABEL, 2, index, keys.LABEL_INDEXES)
+        pipe.execute()
+    return dropped
+
+
+# a label index emptied by the prune leaves the set of label indexes (not if a submission
+# has just added to it again)
+_FORGET_EMPTY_LABEL = """
+if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('SREM', KEYS[2], KEYS[1]) end
+return 0
+"""
 
 
 def cancel(conn: redis.Redis, job_id: str, requested_by: str = "api") -> tuple[str, dict[str, Any] | None]:

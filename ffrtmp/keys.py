@@ -54,9 +54,20 @@ def queue_index(name: str) -> str:
     return f"{PREFIX}:jobs:queue:{name}"
 
 
+LABEL_INDEX_PREFIX = f"{PREFIX}:jobs:label:"
+
+
 def label_index(key: str, value: str) -> str:
     """zset id -> submission time, per label (key and value) a job was submitted with."""
-    return f"{PREFIX}:jobs:label:{key}={value}"
+    return f"{LABEL_INDEX_PREFIX}{key}={value}"
+
+
+LABEL_INDEXES = f"{PREFIX}:jobs:labels"  # set of the label indexes in use (for pruning them)
+# stream of fleet events, appended by the transaction that makes them: a job's end
+# (type=job, job, state, at). Redis numbers the entries as they are written, so a reader that
+# goes on from the last id it saw misses none. Capped at about EVENTS_MAXLEN entries.
+EVENTS = f"{PREFIX}:events"
+EVENTS_MAXLEN = 100_000
 
 
 def node_index(node: str) -> str:
@@ -118,7 +129,8 @@ def job_keys(job_id: str) -> tuple[str, ...]:
 
 # --- webhook deliveries (the coordinator's) -----------------------------------------------
 WEBHOOKS_DUE = f"{PREFIX}:webhooks:due"  # zset delivery id -> when it is (next) due
-WEBHOOKS_CURSOR = f"{PREFIX}:webhooks:cursor"  # hash state -> transition time scanned up to
+WEBHOOKS_CURSOR = f"{PREFIX}:webhooks:events-read"  # string: the last EVENTS id turned into deliveries
+WEBHOOKS_NODES_DOWN = f"{PREFIX}:webhooks:nodes-down"  # hash node -> heartbeat its node.down was about
 
 
 def delivery_key(delivery_id: str) -> str:

@@ -157,6 +157,9 @@ def _set_state(pipe: Pipeline, job_id: str, frm: str | None, to: str, now: float
     if frm is not None and frm != to:
         pipe.zrem(keys.state_index(frm), job_id)
     pipe.zadd(keys.state_index(to), {job_id: now})
+    if to in TERMINAL and frm != to:  # the event webhooks are made from (keys.EVENTS)
+        event = {"type": "job", "job": job_id, "state": to, "at": repr(now)}
+        pipe.xadd(keys.EVENTS, event, maxlen=keys.EVENTS_MAXLEN, approximate=True)
 
 
 def _save_meta(pipe: Pipeline, job: SafeJob, meta: dict[str, Any]) -> None:
@@ -721,14 +724,18 @@ def submitted(pipe: Pipeline, jobs: list[tuple[str, str, str, str, dict[str, str
     pipe.zadd(keys.PENDING, ids)
     pipe.zadd(keys.state_index(QUEUED), ids)  # a new job is in no other state's index
     by_index: dict[str, dict[str, float]] = {}
+    label_indexes: set[str] = set()
     for job_id, tier, _, rq_name, labels in jobs:
         pipe.rpush(keys.history_key(job_id), first)
         by_index.setdefault(keys.queue_index(tier), {})[job_id] = now
         by_index.setdefault(keys.queue_index(rq_name), {})[job_id] = now
         for k, v in labels.items():
+            label_indexes.add(keys.label_index(k, v))
             by_index.setdefault(keys.label_index(k, v), {})[job_id] = now
     for index, members in by_index.items():
         pipe.zadd(index, members)
+    if label_indexes:  # the prune in the recovery housekeeping finds them here
+        pipe.sadd(keys.LABEL_INDEXES, *label_indexes)
     for cls, n in Counter(f"{tier}.{priority}" for _, tier, priority, _, _ in jobs).items():
         pipe.hincrby(keys.SUBMITTED, cls, n)
     return first

@@ -12,6 +12,7 @@ import redis
 
 from .keys import BOOTS_TTL_S, NODE_SUMMARY, NODE_TTL_S, NODES_INDEX, boots_key, drain_key, node_key
 from .lifecycle import ask_running_on, leases_on
+from .redisconn import text
 
 __all__ = [
     "NODE_STATES",
@@ -122,16 +123,12 @@ def fleet_summary(conn: redis.Redis, heartbeat_timeout_s: float) -> FleetSummary
         keys=[NODES_INDEX, NODE_SUMMARY], args=[time.time(), heartbeat_timeout_s]
     )
     out = FleetSummary({"alive": alive, "draining": draining, "dead": dead, "stopped": stopped}, total, busy)
-    out.down = [(_text(down[i]), round(float(down[i + 1]), 3)) for i in range(0, len(down), 2)]
-    for rec in _read_nodes(conn, [_text(m) for m in missing], heartbeat_timeout_s) if missing else []:
+    out.down = [(text(down[i]), round(float(down[i + 1]), 3)) for i in range(0, len(down), 2)]
+    for rec in _read_nodes(conn, [text(m) for m in missing], heartbeat_timeout_s) if missing else []:
         slots, busy = _int(rec.get("slots")), _int(rec.get("slots_busy"))
         draining, stopped = rec["state"] == "draining", rec["state"] == "stopped"
         _count(out, rec["name"], rec["heartbeat_age_s"], slots, busy, draining, stopped, heartbeat_timeout_s)
     return out
-
-
-def _text(v: bytes | str) -> str:
-    return v.decode(errors="replace") if isinstance(v, bytes) else v
 
 
 def _int(v: Any) -> int:

@@ -54,3 +54,9 @@ def ping(conn: redis.Redis) -> bool:
         return bool(conn.ping())
     except (redis.RedisError, OSError):
         return False
+
+
+def text(v: bytes | str) -> str:
+    """A Redis reply as text; what Redis holds is untrusted, so bytes that are not UTF-8 are
+    replaced, never raised on."""
+    return v.decode(errors="replace") if isinstance(v, bytes) else v

@@ -344,3 +344,29 @@ def test_housekeeping_visits_every_queue_within_its_period_and_prunes_gone_nodes
     assert max(locked) < len(names)  # a slice per tick, not every queue
     assert not conn.sismember(WORKERS_BY_QUEUE_KEY % last.name, "rq:worker:gone.s0")
     assert conn.zscore(keys.NODES_INDEX, "ancient") is None and not conn.hexists(keys.NODE_SUMMARY, "ancient")
+
+
+def test_expired_jobs_leave_every_index_and_each_end_is_one_event(conn):
+    """Ids of jobs whose records expired are pruned from the state, queue and label indexes
+    (nobody may ever list by them); a live job is never pruned; each terminal transition
+    appends one event for the webhooks, in the order Redis wrote them."""
+    from ffrtmp.jobs import prune_indexes
+
+    gone = _submit(conn, labels={"customer": "acme"})
+    kept = _submit(conn, labels={"customer": "acme"})
+    lifecycle.cancel(conn, gone, "test")
+    lifecycle.cancel(conn, kept, "test")
+    lifecycle.retry(conn, kept, "test")  # not an end: no event
+    conn.delete(SafeJob.key_for(gone))  # what its TTL does
+    label = keys.label_index("customer", "acme")
+    assert conn.sismember(keys.LABEL_INDEXES, label)
+    assert prune_indexes(conn) >= 3
+    for index in (keys.JOBS_INDEX, label, keys.state_index("canceled"), keys.queue_index(Q)):
+        assert conn.zscore(index, gone) is None, index
+    assert conn.zscore(label, kept) is not None and conn.zscore(keys.state_index("queued"), kept) is not None
+    lifecycle.cancel(conn, kept, "test")
+    conn.delete(SafeJob.key_for(kept))
+    prune_indexes(conn)
+    assert not conn.exists(label) and not conn.sismember(keys.LABEL_INDEXES, label)  # emptied: forgotten
+    ends = [(f[b"job"].decode(), f[b"state"].decode()) for _, f in conn.xrange(keys.EVENTS)]
+    assert ends == [(gone, "canceled"), (kept, "canceled"), (kept, "canceled")]

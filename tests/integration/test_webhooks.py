@@ -8,6 +8,7 @@ import http.server
 import json
 import threading
 import time
+from collections import Counter
 
 import pytest
 
@@ -15,6 +16,7 @@ from coordinator.webhooks import verify
 from ffrtmp import keys, lifecycle
 from ffrtmp.jobs import get_view
 from ffrtmp.lifecycle import Ending
+from ffrtmp.nodes import write_heartbeat
 from tests.conftest import BIN, free_port, spawn_logged
 from tests.integration.test_lifecycle import _pop_and_claim, _submit
 
@@ -68,12 +70,14 @@ def test_deliveries_are_signed_retried_on_5xx_final_on_4xx_and_never_sent_inside
             str(BIN / "ffrtmp-coordinator"),
             *("--port", str(port), "--redis-url", redis_server, "--scheduler-interval", "1s"),
             *("--webhook-secret", SECRET, "--webhook-url", f"{base}/fleet"),
-            *("--allow-webhook-network", "127.0.0.1/32", "--webhook-retry-base", "0.5s"),
+            # the fleet's URLs may be anywhere on loopback, a job's callback only on 127.0.0.1
+            *("--allow-webhook-network", "127.0.0.0/8", "--allow-callback-network", "127.0.0.1/32"),
+            *("--webhook-retry-base", "0.5s"),
         ],
         {"FFRTMP_API_KEY": "ffr_webhook_test_key_0123456789"},
     )
     try:
-        _wait(lambda: conn.hget(keys.WEBHOOKS_CURSOR, "canceled"))  # the first scan happened
+        _wait(lambda: conn.get(keys.WEBHOOKS_CURSOR))  # the first scan happened
         done = _submit(conn, callback_url=f"{base}/job?token=s3cr3t")
         lease, _ = _pop_and_claim(conn, done)
         lifecycle.finish(conn, lease, Ending("completed", "ffmpeg_exit_0", "ok"))
@@ -92,7 +96,7 @@ def test_deliveries_are_signed_retried_on_5xx_final_on_4xx_and_never_sent_inside
             )
 
         by_url = {h["url"]: h for h in _wait(lambda: settled(done, 2))}
-        assert by_url[f"{base}/fleet"]["status"] == "delivered" and by_url[f"{base}/fleet"]["attempts"] == 2
+        assert by_url[f"{base}/fleet"]["status"] == "delivered"
         job_hook = next(h for u, h in by_url.items() if u.startswith(f"{base}/job"))
         assert (
             job_hook["status"] == "delivered"
@@ -111,9 +115,11 @@ def test_deliveries_are_signed_retried_on_5xx_final_on_4xx_and_never_sent_inside
         )
         time.sleep(4)  # several more passes: nothing is sent again
         assert inside_got == []
+        # three jobs' ends to /fleet, sent side by side: whichever came first got the 503 and
+        # was sent once more, then never again; the others once
+        per_delivery = Counter(g[1]["X-Ffrtmp-Delivery"] for g in got if g[0] == "/fleet")
+        assert sorted(per_delivery.values()) == [1, 1, 2]
         fleet_done = [g for g in got if g[0] == "/fleet" and json.loads(g[2])["job"]["id"] == done]
-        assert len(fleet_done) == 2  # the 503, then the 200: and never again
-        assert fleet_done[0][1]["X-Ffrtmp-Delivery"] == fleet_done[1][1]["X-Ffrtmp-Delivery"]
         assert len([g for g in got if g[0] == "/gone"]) == 1  # a 4xx is final
         for _, headers, body in got:
             assert verify(SECRET, headers["X-Ffrtmp-Signature"], body, time.time())
@@ -121,11 +127,54 @@ def test_deliveries_are_signed_retried_on_5xx_final_on_4xx_and_never_sent_inside
             assert not verify(SECRET, headers["X-Ffrtmp-Signature"], body + b" ", time.time())
             assert not verify(SECRET, headers["X-Ffrtmp-Signature"], body, time.time() + 3600)  # a replay
             assert b"s3cr3t" not in body
-        event = json.loads(fleet_done[1][2])
+        event = json.loads(fleet_done[-1][2])
         assert event["event"] == "job.completed" and event["job"]["state"] == "completed"
-        assert fleet_done[1][1]["X-Ffrtmp-Event"] == "job.completed"
+        assert fleet_done[-1][1]["X-Ffrtmp-Event"] == "job.completed"
     finally:
         coord.terminate()
         coord.wait(20)
         srv.shutdown()
         inside.shutdown()
+
+
+def test_node_down_is_sent_once_and_a_broken_delivery_holds_up_nothing(conn, redis_server, tmp_path):
+    srv, got = _receiver("127.0.0.1", {})
+    base = f"http://127.0.0.1:{srv.server_address[1]}"
+    coord = spawn_logged(
+        tmp_path / "coordinator.log",
+        [
+            str(BIN / "ffrtmp-coordinator"),
+            *("--port", str(free_port()), "--redis-url", redis_server, "--scheduler-interval", "1s"),
+            *("--webhook-secret", SECRET, "--webhook-url", f"{base}/fleet"),
+            *("--allow-webhook-network", "127.0.0.1/32", "--heartbeat-interval", "1s"),
+        ],
+        {"FFRTMP_API_KEY": "ffr_webhook_test_key_0123456789"},
+    )
+    try:
+        _wait(lambda: conn.get(keys.WEBHOOKS_CURSOR))
+        # a delivery record that is not one, due before everything else
+        conn.hset(keys.delivery_key("broken"), mapping={"url": "x"})
+        conn.zadd(keys.WEBHOOKS_DUE, {"broken": 0})
+        write_heartbeat(conn, {"name": "gone-1", "slots": 2, "slots_busy": 0})  # then never again
+        jobs = [_submit(conn) for _ in range(30)]
+        for jid in jobs:  # ends written by the lifecycle: every one becomes a delivery
+            lifecycle.cancel(conn, jid, "test")
+
+        def events() -> list[dict]:
+            return [json.loads(b) for p, _, b in got if p == "/fleet"]
+
+        _wait(lambda: len([e for e in events() if e["event"] == "job.canceled"]) == 30)
+        _wait(lambda: [e for e in events() if e["event"] == "node.down"])
+        time.sleep(4)  # more passes and node checks: nothing again
+        downs = [e for e in events() if e["event"] == "node.down"]
+        assert len(downs) == 1 and downs[0]["node"]["name"] == "gone-1"
+        assert sorted(e["job"]["id"] for e in events() if e["event"] == "job.canceled") == sorted(jobs)
+        assert not conn.exists(keys.delivery_key("broken"))
+        assert conn.zscore(keys.WEBHOOKS_DUE, "broken") is None
+        write_heartbeat(conn, {"name": "gone-1", "slots": 2, "slots_busy": 0})  # back, then down again
+        _wait(lambda: not conn.hexists(keys.WEBHOOKS_NODES_DOWN, "gone-1"))
+        _wait(lambda: len([e for e in events() if e["event"] == "node.down"]) == 2)
+    finally:
+        coord.terminate()
+        coord.wait(20)
+        srv.shutdown()
