@@ -33,5 +33,5 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-.venv/bin/python -m pip install -q -e '.[test,deploy]'
+.venv/bin/python -m pip install -q -e '.[test,deploy,report]'
 echo "ffrtmp is installed in .venv (activate with: . .venv/bin/activate)" >&2

@@ -288,6 +288,38 @@ def test_cli_user_errors_are_one_line_without_traceback(fleet):
         assert "Traceback" not in res.stderr and word in res.stderr, (args, res.stderr)
 
 
+def test_loadtest_reports_every_job_it_sent_and_refuses_bad_mixes(fleet):
+    """A small load test through the real fleet: every job completes, the report's numbers
+    are the jobs' own (found again by the run's label), and a PNG chart is written."""
+    import json
+
+    out = fleet.tmp / "lt"
+    res = fleet.cli(
+        *("loadtest", "quick", "--jobs", "6", "--rate", "6", "--duration", "1s"),
+        *("--scenario", "480p-h264=2", "--scenario", "720p-h264", "--report-dir", str(out)),
+        timeout=240,
+    )
+    assert res.returncode == 0, res.stderr
+    assert "submitted 6/6" in res.stderr and "completed 6" in res.stderr  # the progress line
+    raw = json.loads((out / "loadtest.json").read_text())
+    summary = raw["summary"]
+    assert summary["submitted"] == 6 and summary["completed"] == 6 and summary["not_ended"] == []
+    assert sorted(j["scenario"] for j in raw["jobs"]) == ["480p-h264"] * 4 + ["720p-h264"] * 2
+    assert {j["labels"]["loadtest"] for j in raw["jobs"]} == {summary["run_id"]}
+    wait = summary["per_tier"]["default"]["queue_wait_s"]
+    assert summary["per_tier"]["default"]["jobs"] == 6 and wait["p50"] <= wait["p99"]
+    assert summary["submit_latency_s"]["p50"] > 0 and "coordinator" in summary["processes"]
+    assert (out / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| completed | 6 (100.0%) |" in (out / "report.md").read_text()
+    for args, word in (
+        (["loadtest", "--scenario", "nope"], "unknown nope"),
+        (["loadtest", "--scenario", "480p-h264=lots"], "whole number"),
+        (["--url", "http://127.0.0.1:1", "loadtest"], "coordinator"),
+    ):
+        res = fleet.cli(*args, timeout=60)
+        assert res.returncode != 0 and "Traceback" not in res.stderr and word in res.stderr, res.stderr
+
+
 def test_output_json_prints_exactly_what_the_api_returned(fleet):
     import json
     import urllib.request
