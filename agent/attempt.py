@@ -61,6 +61,9 @@ class WatchState:
     last_renewal: float = 0.0
     started_seen: bool = False
     held_at: float = 0.0  # wall clock of the last look that found the lease still ours
+    progress_mark: Any = None  # what FFmpeg's progress said last (frame, out_time)
+    stall_mtime: float = -1.0  # the progress file's mtime when progress_mark was read
+    moved_at: float = 0.0  # monotonic: when it last changed (or the watch began)
 
 
 def remove_stale_parts(plan: Plan, job_id: str, attempt: int) -> None:
@@ -338,6 +341,7 @@ class Attempt:
             if not ws.started_seen and now - ws.t0 > timing.START_DEADLINE_S:
                 raise _Platform("runner_not_started", "the run supervisor did not start FFmpeg")
         self._mirror_progress(ws, plan, now)
+        self._check_stall(ws, now)
         if now - ws.last_lease_poll >= timing.LEASE_POLL_S:
             ws.last_lease_poll = now
             canceled = self._poll_lease(ws)
@@ -351,9 +355,28 @@ class Attempt:
             self.rd.signal_ffmpeg(signal.SIGKILL)
             ws.forced = True
 
+    def _check_stall(self, ws: WatchState, now: float) -> None:
+        """No progress for ``stall_after`` (an input that never arrives or stopped arriving, a
+        mount that hangs): stop FFmpeg as a timeout would, and say so (``input_stalled``)."""
+        assert self.rd is not None
+        mtime = self.rd.progress_mtime()
+        if mtime != ws.stall_mtime:
+            ws.stall_mtime = mtime
+            prog = self.rd.progress() or {}
+            mark = (prog.get("frame"), prog.get("out_time_us") or prog.get("out_time"))
+            if mark != ws.progress_mark:
+                ws.progress_mark, ws.moved_at = mark, now
+        stall = self.ctx.stall_after
+        if ws.stop_reason is None and stall > 0 and now - ws.moved_at > stall:
+            ws.stop_reason = "stalled"
+            self.log.warning("no progress for %gs: sending SIGTERM to FFmpeg", stall)
+            self.rd.signal_ffmpeg(signal.SIGTERM)
+            ws.kill_at = now + self.grace
+
     def _watch(self, plan: Plan) -> tuple[dict[str, Any], WatchState]:
         assert self.rd is not None
         ws = WatchState(t0=time.monotonic() - max(0.0, time.time() - self.t_start), held_at=time.time())
+        ws.moved_at = time.monotonic()
         try:
             exit_info = self._watch_until_exit(ws, plan)
         finally:
@@ -402,7 +425,7 @@ class Attempt:
         assert self.rd is not None
         tail = self.rd.stderr_tail(4096)
         rc = exit_info.get("returncode") if isinstance(exit_info.get("returncode"), int) else None
-        verdict = classify_exit(exit_info, ws.stop_reason, tail, self.grace)
+        verdict = classify_exit(exit_info, ws.stop_reason, tail, self.grace, self.ctx.stall_after)
         if verdict is None:
             verdict = self._check_output(plan)
         progress = self.rd.progress()

@@ -100,6 +100,7 @@ class Agent:
             ffprobe=self.cfg.ffprobe,
             heartbeat_interval=self.cfg.heartbeat_interval,
             allow_url_networks=self.cfg.allow_url_networks,
+            stall_after=self.cfg.stall_after,
         )
 
     def active_runs(self) -> list[dict[str, Any]]:
@@ -569,7 +570,8 @@ def _node_name(value: str) -> str:
     type=DURATION,
     default="120s",
     show_default=True,
-    help="A run whose progress has not moved for this long counts as stalled.",
+    help="A run whose progress has not moved for this long is stopped and retried (input_stalled); "
+    "0 never stops one.",
 )
 @click.option(
     "--encoder-recheck",

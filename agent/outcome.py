@@ -38,13 +38,15 @@ def _last_line(tail: str) -> str:
 
 
 def classify_exit(
-    exit_info: dict[str, Any], stop_reason: str | None, tail: str, grace_s: float
+    exit_info: dict[str, Any], stop_reason: str | None, tail: str, grace_s: float, stall_s: float = 0.0
 ) -> Verdict | None:
     """The verdict for a run that ended, or None when FFmpeg exited 0 of its own accord (then
     the output decides). ``stop_reason`` is set when this attempt stopped FFmpeg itself."""
     rc = exit_info.get("returncode", 1)
     rc = rc if isinstance(rc, int) else 1
     sig = exit_info.get("signal")
+    if stop_reason == "stalled":  # the source (or the mount it is on) stopped: retried
+        return Verdict("retry", "input_stalled", f"no progress for {stall_s:g}s: the input stopped arriving")
     if stop_reason:
         msg = (
             "canceled by request"

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from ffrtmp.model import JobSpec, is_url, parse_bitrate_kbps, parse_resolution
 from ffrtmp.presets import CPU_ENCODERS, DEFAULT_EXT, HW_ENCODER_NAMES, HW_FAMILIES, PRESETS, Preset
 
+NETWORK_READ_TIMEOUT_S = 15.0
+
 
 class PlanError(Exception):
     """The job cannot run as asked. ``platform`` says whether it is this node's fault."""
@@ -41,6 +43,7 @@ class AgentContext:
     ffprobe: str = "ffprobe"
     heartbeat_interval: float = 30.0
     allow_url_networks: list[str] = field(default_factory=list)  # CIDRs URL inputs may reach inside
+    stall_after: float = 120.0  # a run whose progress has not moved this long is stopped (0: never)
 
 
 @dataclass
@@ -355,8 +358,9 @@ def build_plan(spec: JobSpec, job_id: str, attempt: int, ctx: AgentContext) -> P
         fit = False
         audio_map = ["-map", "0:v:0", "-map", "1:a:0"]
     elif is_url(spec.input):
-        if spec.input.startswith(("http://", "https://")):
-            argv += ["-rw_timeout", "15000000"]
+        # every network input: a source that never answers or stops sending ends the read
+        # (15 s) instead of holding the job until its timeout
+        argv += ["-rw_timeout", str(int(NETWORK_READ_TIMEOUT_S * 1_000_000))]
         argv += [*input_guard(spec.input), "-i", spec.input]
         input_desc = spec.input
         fit = True

@@ -143,6 +143,34 @@ def test_http_input_inside_the_network_needs_an_allowed_range(fleet, tmp_path):
         lan.stop()
 
 
+def test_a_live_input_that_never_arrives_ends_input_stalled_not_at_the_timeout(tmp_path):
+    """An RTMP source that accepts the connection and then sends nothing: the run is stopped
+    once its progress has not moved for --stall-after, retried as a platform failure, and the
+    job ends failed with input_stalled, long before its 6-hour default timeout."""
+    import socket
+
+    held: list[socket.socket] = []
+    srv = socket.create_server(("127.0.0.1", 0))
+    threading.Thread(target=lambda: [held.append(srv.accept()[0]) for _ in range(10)], daemon=True).start()
+    url = f"rtmp://127.0.0.1:{srv.getsockname()[1]}/live/nobody"
+    env = {"FFRTMP_ALLOW_URL_NETWORKS": "127.0.0.0/8", "FFRTMP_STALL_AFTER": "3s"}
+    lan = LocalFleet(tmp_path, slots=1, env=env)
+    try:
+        t0 = time.monotonic()
+        jid = submit(
+            lan, "--scenario", "480p-h264", "--input", url, "--max-attempts", "2", "--output", "x.mp4"
+        )
+        job = wait_terminal(lan, jid, timeout=120)
+        assert job["state"] == "failed" and job["error"]["reason"] == "input_stalled", job
+        assert job["attempts"] == 2 and time.monotonic() - t0 < 60
+        reasons = [h["reason"] for h in lan.cli_json("jobs", "status", jid)["history"]]
+        assert reasons.count("input_stalled") == 2, reasons
+        assert not [p for p in psutil.process_iter(["cmdline"]) if url in " ".join(p.info["cmdline"] or [])]
+    finally:
+        lan.stop()
+        srv.close()
+
+
 def test_rtmp_restream_pushes_to_a_real_rtmp_listener(fleet, tmp_path):
     require("ffmpeg")
     port = free_port()

@@ -17,6 +17,7 @@ from ffrtmp.lifecycle import Lease, meta_int
         ({"returncode": 0}, None, "", None),
         ({"returncode": 255}, "canceled", "", ("canceled", "canceled")),
         ({"returncode": -9, "signal": 9}, "timed_out", "", ("timed_out", "timed_out")),
+        ({"returncode": 255}, "stalled", "Connection timed out", ("retry", "input_stalled")),
         ({"returncode": 127, "runner_error": "OSError"}, None, "", ("retry", "ffmpeg_not_started")),
         ({"returncode": -9, "signal": 9, "orphaned": True}, None, "", ("retry", "lost_ownership")),
         ({"returncode": -9, "signal": 9}, None, "frame=1", ("retry", "ffmpeg_killed")),
