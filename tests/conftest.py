@@ -148,14 +148,18 @@ class LocalFleet:
     """`ffrtmp up` run exactly as an operator runs it, in its own state dir and config home."""
 
     def __init__(
-        self, tmp: Path, slots: int = 2, env: dict[str, str] | None = None, extra: tuple[str, ...] = ()
+        self,
+        tmp: Path,
+        slots: int = 2,
+        env: dict[str, str] | None = None,
+        extra: tuple[str, ...] = (),
+        ports: tuple[int, int] | None = None,
     ) -> None:
         require("redis-server")
         require("ffmpeg")
         self.tmp = tmp
         self.state = tmp / "state"
-        self.port = free_port()
-        self.metrics_port = free_port()
+        self.port, self.metrics_port = ports or (free_port(), free_port())
         self.env = {
             **os.environ,
             "XDG_CONFIG_HOME": str(tmp / "config"),

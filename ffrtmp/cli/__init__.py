@@ -677,10 +677,17 @@ def _fleet_options(f: Any) -> Any:
     f = click.option(
         "--tls", is_flag=True, help="Serve HTTPS (a CA and a localhost certificate in <state-dir>/tls)"
     )(f)
+    f = click.option(
+        "--rotate-key",
+        is_flag=True,
+        help="Replace the API key kept in <state-dir>/api-key (otherwise each start reuses it)",
+    )(f)
     return f
 
 
-def _start_fleet(port: int, slots: int, metrics_port: int, state_dir: Path | None, tls: bool) -> Any:
+def _start_fleet(
+    port: int, slots: int, metrics_port: int, state_dir: Path | None, tls: bool, rotate_key: bool
+) -> Any:
     from .config import save_cli_config
     from .up import Fleet, FleetError, default_state_dir
 
@@ -691,21 +698,25 @@ def _start_fleet(port: int, slots: int, metrics_port: int, state_dir: Path | Non
         metrics_port=metrics_port,
         input_roots=[os.getcwd()],
         tls=tls,
+        rotate_key=rotate_key,
     )
     try:
+        fleet.prepare()
+        # before the coordinator answers: a script that waits for /health then runs the CLI
+        # finds the right URL and key
+        cfg_path = save_cli_config(fleet.url, fleet.api_key, fleet.ca_cert)
         fleet.start()
     except FleetError as exc:
         fleet.stop()
         fail(str(exc), EXIT_USAGE)
-    cfg_path = save_cli_config(fleet.url, fleet.api_key, fleet.ca_cert)
     return fleet, cfg_path
 
 
 @cli.command("up")
 @_fleet_options
-def up(port: int, slots: int, metrics_port: int, state_dir: Path | None, tls: bool) -> None:
+def up(port: int, slots: int, metrics_port: int, state_dir: Path | None, tls: bool, rotate_key: bool) -> None:
     """Run a whole fleet on this machine (Redis, coordinator, agent) until Ctrl-C."""
-    fleet, cfg_path = _start_fleet(port, slots, metrics_port, state_dir, tls)
+    fleet, cfg_path = _start_fleet(port, slots, metrics_port, state_dir, tls, rotate_key)
     stop = {"signal": None}
 
     def on_signal(signum: int, _frame: Any) -> None:
@@ -751,6 +762,7 @@ def demo(
     metrics_port: int,
     state_dir: Path | None,
     tls: bool,
+    rotate_key: bool,
     scenario: str,
     clip_seconds: float,
 ) -> None:
@@ -759,7 +771,7 @@ def demo(
 
     from ..media import make_clip
 
-    fleet, _ = _start_fleet(port, slots, metrics_port, state_dir, tls)
+    fleet, _ = _start_fleet(port, slots, metrics_port, state_dir, tls, rotate_key)
     try:
         clip = fleet.inputs / "demo-source-1080p.mp4"
         click.echo(f"generating a {clip_seconds:g}s 1080p test clip: {clip}", err=True)

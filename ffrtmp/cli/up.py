@@ -46,12 +46,31 @@ def check_tools() -> None:
 
 
 def port_free(host: str, port: int) -> bool:
+    """Could a server bind ``port`` now? As the servers do (SO_REUSEADDR), so the sockets a
+    stop just left in TIME_WAIT do not count as in use."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:
             return False
     return True
+
+
+def kept_key(path: Path, rotate: bool) -> str:
+    """The API key kept at ``path`` (0600), made there if there is none or ``rotate``."""
+    if not rotate:
+        with contextlib.suppress(OSError):
+            key = path.read_text().strip()
+            if key.startswith("ffr_") and key.isascii() and len(key) >= 20:
+                return key
+    key = new_key()
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(key + "\n")
+    os.replace(tmp, path)
+    return key
 
 
 def free_port() -> int:
@@ -79,9 +98,15 @@ class Fleet:
     drain_timeout: str = "10s"
     log_to_files: bool = True
     tls: bool = False  # HTTPS with a CA and a localhost certificate made in <state>/tls
-    api_key: str = field(default_factory=new_key)
+    api_key: str = ""  # "": the one kept in <state>/api-key (made on the first start)
+    rotate_key: bool = False  # replace the kept key with a new one
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     _sock_dir: str | None = None
+
+    @property
+    def input_root_list(self) -> list[str]:
+        """The agent's input roots, which the coordinator checks submissions against too."""
+        return [str(self.inputs), *self.input_roots]
 
     @property
     def url(self) -> str:
@@ -155,9 +180,17 @@ class Fleet:
             f"{what} did not become ready within {timeout:.0f}s; see {self.state_dir}/logs/{proc}.log"
         )
 
+    def prepare(self) -> None:
+        """The state directory and the API key, before anything starts (so the CLI's settings
+        can be written before the coordinator answers). The key is kept across restarts: a
+        Prometheus or a script configured with it keeps working."""
+        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not self.api_key:
+            self.api_key = kept_key(self.state_dir / "api-key", self.rotate_key)
+
     def start(self) -> None:
         check_tools()
-        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.prepare()
         for d in ("redis", "logs", "agent"):  # state, logs and run records: this user's only
             (self.state_dir / d).mkdir(exist_ok=True, mode=0o700)
             os.chmod(self.state_dir / d, 0o700)
@@ -221,10 +254,11 @@ class Fleet:
                 "--scheduler-interval",
                 self.scheduler_interval,
                 *tls_args,
+                *(a for root in self.input_root_list for a in ("--input-root", root)),
+                *("--output-root", str(self.outputs)),
             ],
             env={"FFRTMP_API_KEY": self.api_key},
         )
-        inputs = [str(self.inputs), *self.input_roots]
         agent_argv = [
             py,
             "-m",
@@ -248,7 +282,7 @@ class Fleet:
             "--drain-timeout",
             self.drain_timeout,
         ]
-        for root in inputs:
+        for root in self.input_root_list:
             agent_argv += ["--input-root", root]
         self._spawn("agent", agent_argv)
 

@@ -392,6 +392,36 @@ def test_up_stops_cleanly_with_nothing_left_running(tmp_path):
     assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
 
 
+def test_up_restarts_at_once_on_its_ports_keeps_its_key_and_knows_its_roots(tmp_path):
+    """A stop then a start on the same ports works at once (the sockets the stop left in
+    TIME_WAIT do not count as in use); the API key is kept (a Prometheus configured with it
+    keeps working) unless --rotate-key; an input outside the roots is refused at submission."""
+    first = LocalFleet(tmp_path)
+    key, ports = first.api_key, (first.port, first.metrics_port)
+    try:
+        res = first.cli("jobs", "submit", "--scenario", "480p-h264", "--input", "/etc/passwd")
+        assert res.returncode == 2 and "field 'input'" in res.stderr, res.stderr
+        for _ in range(5):  # connections the server closes: its side lingers in TIME_WAIT
+            first.cli("jobs", "list", check=True)
+    finally:
+        assert first.stop() == 0
+    again = LocalFleet(tmp_path, ports=ports)
+    try:
+        assert again.api_key == key
+        again.cli("jobs", "list", check=True)
+    finally:
+        again.stop()
+    rotated = LocalFleet(tmp_path, ports=ports, extra=("--rotate-key",))
+    try:
+        assert (
+            rotated.api_key != key and rotated.api_key == (tmp_path / "state" / "api-key").read_text().strip()
+        )
+        assert (tmp_path / "state" / "api-key").stat().st_mode & 0o077 == 0
+        rotated.cli("jobs", "list", check=True)
+    finally:
+        rotated.stop()
+
+
 def test_limits_on_a_node_without_systemd_are_rejected_not_ignored(fleet):
     if os.path.isdir("/run/systemd/system"):
         pytest.skip("this host runs systemd: limits are enforceable here")
