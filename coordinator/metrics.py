@@ -31,9 +31,10 @@ from rq.utils import utcparse
 
 from ffrtmp import __version__, stats
 from ffrtmp.nodes import FleetSummary, fleet_summary
-from ffrtmp.queues import ALL_QUEUES, TIERS, split_queue
+from ffrtmp.queues import ALL_QUEUES, PRIORITIES, TIERS, split_queue
 from ffrtmp.redisconn import text
 from ffrtmp.rqjob import SafeJob, rq_queue
+from ffrtmp.terms import COMMON_ENDS, REQUEUE_REASONS
 
 if TYPE_CHECKING:
     from .config import CoordinatorConfig
@@ -163,13 +164,17 @@ class CoordinatorMetrics:
             "Jobs that reached a terminal state",
             labels=["tier", "priority", "outcome", "reason"],
         )
-        for labels, v in stats.split_fields(finished, 4):
-            c.add_metric(labels, v)
+        ends = {(t, p, o, r): 0.0 for t in TIERS for p in PRIORITIES for o, r in COMMON_ENDS}
+        ends.update({tuple(labels): v for labels, v in stats.split_fields(finished, 4)})
+        for labels, v in ends.items():
+            c.add_metric(list(labels), v)
         yield c
         c = CounterMetricFamily(
             "ffrtmp_job_requeues", "Attempts requeued after a platform failure", labels=["reason"]
         )
-        for (reason,), v in stats.split_fields(requeues, 1):
+        by_reason = dict.fromkeys(REQUEUE_REASONS, 0.0)
+        by_reason.update({reason: v for (reason,), v in stats.split_fields(requeues, 1)})
+        for reason, v in by_reason.items():
             c.add_metric([reason], v)
         yield c
         c = CounterMetricFamily(

@@ -26,6 +26,7 @@ from .keys import (
     node_stats_key,
     violations_key,
 )
+from .redisconn import text
 
 __all__ = ["CANCELS", "FENCED", "FINISHED", "REQUEUES", "SLA", "SUBMITTED", "hist_key", "node_stats_key"]
 
@@ -83,9 +84,15 @@ def read_violations(conn: redis.Redis, node: str) -> list[dict[str, Any]]:
 
 
 def split_fields(raw: dict[bytes, bytes], n: int) -> list[tuple[list[str], float]]:
+    """Counter fields "a|b|..." of ``n`` parts with their values; a field or value that is not
+    one (what Redis holds is untrusted) is left out."""
     out = []
     for k, v in sorted(raw.items()):
-        parts = k.decode().split("|")
-        if len(parts) == n:
-            out.append((parts, float(v)))
+        parts = text(k).split("|")
+        try:
+            value = float(v)
+        except ValueError:
+            continue
+        if len(parts) == n and value == value:  # not NaN
+            out.append((parts, value))
     return out

@@ -48,3 +48,34 @@ class JobState(StrEnum):
 TERMINAL_STATES = frozenset(
     {JobState.completed, JobState.failed, JobState.timed_out, JobState.canceled, JobState.rejected}
 )
+
+# Why an attempt is requeued (a platform failure: the node's fault, not the job's); each is
+# also how a job ends failed when its attempts run out. Counters by reason start at 0 for all
+# of them, so the first burst of one shows in increase() and its alert fires.
+REQUEUE_REASONS = (
+    "agent_error",
+    "attempt_lost",
+    "encoder_unavailable",
+    "ffmpeg_killed",
+    "ffmpeg_not_started",
+    "input_root_missing",
+    "input_stalled",
+    "lost_ownership",
+    "node_lost",
+    "output_disk_full",
+    "output_root_missing",
+    "redis_outage",
+    "runner_died",
+    "runner_not_started",
+)
+# The ends of a job (outcome, reason) its counters are shown for from the start
+COMMON_ENDS = (
+    ("completed", "ffmpeg_exit_0"),
+    ("failed", "ffmpeg_error"),
+    ("failed", "input_not_found"),
+    ("timed_out", "timed_out"),
+    ("canceled", "canceled"),
+    ("rejected", "invalid_spec"),
+    ("rejected", "destination_not_allowed"),
+    *(("failed", r) for r in REQUEUE_REASONS),
+)

@@ -203,3 +203,26 @@ def test_nodes_are_listed_in_pages_by_name_and_filtered(coordinator, conn):
     ]:
         status, body = req(url + f"/nodes?{bad}", keys["viewer"])
         assert status == 422 and body["error"]["field"] == field, (bad, body)
+
+
+def test_counters_start_at_zero_for_every_reason_and_count_queued_cancels(coordinator, conn):
+    """The first requeue of a reason must be visible to increase(): every requeue reason and the
+    common ends are exported at 0 before they ever occur; a cancel of a queued job is a finished
+    job; a counter field Redis holds garbage in is left out, not a failed scrape."""
+    url, keys = coordinator
+
+    def metrics() -> str:
+        r = urllib.request.Request(url + "/metrics", headers={"Authorization": f"Bearer {keys['viewer']}"})
+        with urllib.request.urlopen(r, timeout=10) as resp:
+            return resp.read().decode()
+
+    text = metrics()
+    for reason in ("input_stalled", "node_lost", "output_disk_full", "redis_outage"):
+        assert f'ffrtmp_job_requeues_total{{reason="{reason}"}} 0.0' in text, reason
+    canceled = 'ffrtmp_jobs_finished_total{outcome="canceled",priority="medium",reason="canceled",tier="default"}'
+    assert f"{canceled} 0.0" in text
+    status, job = req(url + "/jobs", keys["operator"], "POST", {"scenario": "480p-h264"})
+    assert req(url + f"/jobs/{job['id']}/cancel", keys["operator"], "POST", {})[1]["outcome"] == "canceled"
+    conn.hset("ffrtmp:stats:requeues", mapping={b"\xff\xfe": 1, "odd": "not-a-number"})
+    text = metrics()
+    assert f"{canceled} 1.0" in text and "ffrtmp_redis_up 1.0" in text
