@@ -219,9 +219,11 @@ def test_counters_start_at_zero_for_every_reason_and_count_queued_cancels(coordi
     text = metrics()
     for reason in ("input_stalled", "node_lost", "output_disk_full", "redis_outage"):
         assert f'ffrtmp_job_requeues_total{{reason="{reason}"}} 0.0' in text, reason
-    canceled = 'ffrtmp_jobs_finished_total{outcome="canceled",priority="medium",reason="canceled",tier="default"}'
+    canceled = (
+        'ffrtmp_jobs_finished_total{outcome="canceled",priority="medium",reason="canceled",tier="default"}'
+    )
     assert f"{canceled} 0.0" in text
-    status, job = req(url + "/jobs", keys["operator"], "POST", {"scenario": "480p-h264"})
+    _, job = req(url + "/jobs", keys["operator"], "POST", {"scenario": "480p-h264"})
     assert req(url + f"/jobs/{job['id']}/cancel", keys["operator"], "POST", {})[1]["outcome"] == "canceled"
     conn.hset("ffrtmp:stats:requeues", mapping={b"\xff\xfe": 1, "odd": "not-a-number"})
     text = metrics()
