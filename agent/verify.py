@@ -7,6 +7,7 @@ import os
 import subprocess
 from typing import Any
 
+from .hls import rewrite_master
 from .outcome import DURATION_TOLERANCE_RATIO, DURATION_TOLERANCE_S, duration_ok
 from .pipeline import PROBE_CODEC_NAMES, Plan, input_guard
 
@@ -120,6 +121,10 @@ def verify_output(plan: Plan, ffprobe: str = "ffprobe", expected_s: float | None
         if not os.path.isfile(variant):
             raise VerifyError(f"variant playlist {rel} is missing")
         renditions.append({"playlist": rel, **_check_media(variant, plan, ffprobe, None, expected_s)})
+    rates = rewrite_master(master, plan.fps)  # BANDWIDTH: the peak segment rate, measured
+    for r in renditions:
+        if r["playlist"] in rates:
+            r.update(peak_bps=rates[r["playlist"]].peak_bps, average_bps=rates[r["playlist"]].average_bps)
     size = sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(plan.tmp_output) for f in files)
     return {
         "master": "master.m3u8",

@@ -96,20 +96,33 @@ def test_transcode_of_a_real_clip_from_an_input_root(fleet):
 
 
 def test_hls_ladder_playlists_parse_and_renditions_are_right(fleet):
-    jid = submit(fleet, "--scenario", "hls-ladder", "--duration", "2", "--output", "ladder")
+    import re
+
+    jid = submit(fleet, "--scenario", "hls-ladder", "--duration", "6", "--output", "ladder")
     job = wait_terminal(fleet, jid)
     assert job["state"] == "completed", job
     root = fleet.outputs / "ladder"
     master = (root / "master.m3u8").read_text().splitlines()
     assert master[0] == "#EXTM3U"
-    variants = [master[i + 1] for i, ln in enumerate(master) if ln.startswith("#EXT-X-STREAM-INF")]
+    infs = {master[i + 1]: ln for i, ln in enumerate(master) if ln.startswith("#EXT-X-STREAM-INF")}
+    variants = list(infs)
     assert len(variants) == 3
     sizes = set()
     for rel in variants:
         playlist = (root / rel).read_text()
         assert playlist.startswith("#EXTM3U") and "#EXT-X-ENDLIST" in playlist
         segs = [ln for ln in playlist.splitlines() if ln and not ln.startswith("#")]
-        assert segs and all((root / rel).parent.joinpath(s).is_file() for s in segs)
+        assert len(segs) >= 2 and all((root / rel).parent.joinpath(s).is_file() for s in segs)
+        # RFC 8216: BANDWIDTH is at least every segment's bit rate; AVERAGE-BANDWIDTH and
+        # FRAME-RATE are there (measured here from the files, independently of the agent)
+        durs = [float(x) for x in re.findall(r"#EXTINF:([0-9.]+)", playlist)]
+        rates = [
+            (root / rel).parent.joinpath(s).stat().st_size * 8 / d for s, d in zip(segs, durs, strict=True)
+        ]
+        attrs = dict(re.findall(r'([A-Z-]+)=("[^"]*"|[^,]*)', infs[rel].split(":", 1)[1]))
+        assert int(attrs["BANDWIDTH"]) >= max(rates) and attrs["FRAME-RATE"] == "30.000", attrs
+        total = sum((root / rel).parent.joinpath(s).stat().st_size * 8 for s in segs) / sum(durs)
+        assert abs(int(attrs["AVERAGE-BANDWIDTH"]) - total) <= 1 and "CODECS" in attrs
         v = video_stream(ffprobe(root / rel))
         sizes.add((v["width"], v["height"]))
         assert v["codec_name"] == "h264"
