@@ -274,19 +274,27 @@ def get_node(conn: redis.Redis, name: str, heartbeat_timeout_s: float) -> dict[s
     rec = _node_record(blob, draining, starts, now, heartbeat_timeout_s)
     if rec is None or rec["name"] != name:
         return None
-    rec["running"] = _with_lifecycle_runs(conn, name, rec.get("running"), running)
+    rec["running"] = _with_lifecycle_runs(
+        conn, name, rec.get("running"), running, rec.get("state") in ("alive", "draining")
+    )
     return rec
 
 
 def _with_lifecycle_runs(
-    conn: redis.Redis, name: str, reported: Any, running: list[Any]
+    conn: redis.Redis, name: str, reported: Any, running: list[Any], beating: bool = True
 ) -> list[dict[str, Any]]:
     """What the agent's last heartbeat saw running, plus the jobs the lifecycle has claimed on
     the node that the heartbeat (one interval old) does not show yet: a drain that waits on
-    ``running`` never reads "nothing" while a job it was given is starting."""
+    ``running`` never reads "nothing" while a job it was given is starting. The last heartbeat
+    of a node that stopped beating is old news: of what it reported, only the jobs the
+    lifecycle still has on the node are listed (recovery requeues the others)."""
+    leases = leases_on(conn, name, running)
     runs = [r for r in reported if isinstance(r, dict)] if isinstance(reported, list) else []
+    if not beating:
+        held = {lease.job_id for lease in leases}
+        runs = [r for r in runs if r.get("job") in held]
     seen = {r.get("job") for r in runs}
-    for lease in leases_on(conn, name, running):
+    for lease in leases:
         if lease.job_id not in seen:
             runs.append(
                 {

@@ -370,3 +370,18 @@ def test_expired_jobs_leave_every_index_and_each_end_is_one_event(conn):
     assert not conn.exists(label) and not conn.sismember(keys.LABEL_INDEXES, label)  # emptied: forgotten
     ends = [(f[b"job"].decode(), f[b"state"].decode()) for _, f in conn.xrange(keys.EVENTS)]
     assert ends == [(gone, "canceled"), (kept, "canceled"), (kept, "canceled")]
+
+
+def test_a_dead_node_lists_only_the_runs_the_lifecycle_still_has_there(conn):
+    """The last heartbeat of a node that stopped beating is old news: a job it reported that
+    recovery requeued is not shown as running there; one still leased to it is."""
+    moved, held = _submit(conn), _submit(conn)
+    _pop_and_claim(conn, held, "dead-1.s0")
+    runs = [{"job": moved, "attempt": 1}, {"job": held, "attempt": 1}]
+    write_heartbeat(conn, {"name": "dead-1", "slots": 2, "running": runs})
+    assert {r["job"] for r in get_node(conn, "dead-1", 90)["running"]} == {moved, held}  # alive: as told
+    conn.zadd(keys.NODES_INDEX, {"dead-1": time.time() - 600})
+    blob = json.loads(conn.get(keys.node_key("dead-1")))
+    conn.set(keys.node_key("dead-1"), json.dumps({**blob, "last_heartbeat": time.time() - 600}))
+    node = get_node(conn, "dead-1", 90)
+    assert node["state"] == "dead" and [r["job"] for r in node["running"]] == [held]
