@@ -139,7 +139,7 @@ class Sampler(threading.Thread):
 
 
 def _kind(cmdline: list[str]) -> str | None:
-    head = " ".join(cmdline[:3])
+    head = " ".join(cmdline[:4])  # "python -P -m agent.runner" names itself 4th
     for kind, names in KINDS.items():
         if any(n in head for n in names):
             return kind
@@ -267,9 +267,10 @@ def summarize(
 
 
 def _fmt(v: Any) -> str:
+    """Seconds as a reader wants them: ms below one second, seconds above."""
     if v is None:
         return "—"
-    return f"{v * 1000:.1f} ms" if isinstance(v, float) and v < 10 else str(v)
+    return f"{v * 1000:.1f} ms" if v < 1 else f"{v:.2f} s"
 
 
 def markdown(summary: dict[str, Any], chart: str | None) -> str:
