@@ -61,9 +61,15 @@ class FleetWorker(Worker):
         self.set_state(WorkerStatus.IDLE)
 
     def _defer(self, job: Any, queue: Any, meta: dict[str, Any]) -> bool:
-        """A job this node just failed with a platform failure goes preferably elsewhere: for
-        ``timing.RETRY_ELSEWHERE_S`` it is put back at the front of its queue, for another
-        node to take (a fleet of one takes it back after that)."""
+        """Not now. A job whose platform failure's back-off has not passed goes to the back of
+        its queue (what is due runs meanwhile). A job this node just failed goes preferably
+        elsewhere: for ``timing.RETRY_ELSEWHERE_S`` it is put back at the front of its queue,
+        for another node to take (a fleet of one takes it back after that)."""
+        wait = meta_float(meta, "retry_not_before", 0.0) - time.time()
+        if 0 < wait <= timing.RETRY_BACKOFF_MAX_S + 1:  # a later time is not one we wrote: ignored
+            queue.push_job_id(job.id)
+            time.sleep(min(0.5, wait))
+            return True
         failed_at = meta.get("last_failed_at")
         if meta.get("last_failed_node") != self.node or not isinstance(failed_at, int | float):
             return False

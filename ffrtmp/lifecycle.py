@@ -38,7 +38,7 @@ from rq.job import JobStatus
 from rq.registry import CanceledJobRegistry, FailedJobRegistry
 from rq.results import Result
 
-from . import keys, stats
+from . import keys, stats, timing
 from .keys import Retention
 from .rqjob import SafeJob, fetch_job, rq_queue
 from .terms import TERMINAL_STATES, JobState
@@ -516,7 +516,9 @@ def _requeue(
     """Queue the writes that put a job back in its queue after a platform failure."""
     frm = state_of(job, meta)
     attempt = meta_int(meta, "attempt", 0)
+    failures = meta_int(meta, "platform_failures", 0) + 1
     meta.update(state=QUEUED, lease=None, error=_error(reason, message), progress=None, ended_at=None)
+    meta.update(platform_failures=failures, retry_not_before=time.time() + timing.retry_backoff(failures))
     if node:
         meta.update(last_failed_node=node, last_failed_at=time.time())
     job.meta = meta
@@ -695,6 +697,8 @@ def retry(conn: redis.Redis, job_id: str, requested_by: str) -> str:
             stop=None,
             attempt_base=base,
             manual_retries=meta_int(meta, "manual_retries", 0) + 1,
+            platform_failures=0,
+            retry_not_before=None,
         )
         job.meta = meta
         pipe.multi()

@@ -11,6 +11,15 @@ START_DEADLINE_S = 30.0  # the supervisor must have started FFmpeg by then
 STOP_WAIT_S = 5.0  # how long a watcher waits for a killed run to be gone
 LOG_TAIL_BYTES = 16 * 1024
 RETRY_ELSEWHERE_S = 5.0  # a node leaves a job it just failed to other nodes for this long
+RETRY_BACKOFF_S = 2.0  # after a platform failure no node takes the job for this long, doubling
+RETRY_BACKOFF_MAX_S = 60.0
+
+
+def retry_backoff(failures: int) -> float:
+    """How long a job waits before its next attempt after its ``failures``-th platform failure
+    (2 s, 4 s, 8 s ... at most a minute): a fault of the whole fleet (a root unmounted
+    everywhere) does not burn every attempt in a second."""
+    return min(RETRY_BACKOFF_MAX_S, RETRY_BACKOFF_S * 2 ** max(0, failures - 1))
 
 
 def orphan_deadline(heartbeat_interval: float) -> float:

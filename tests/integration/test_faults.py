@@ -320,3 +320,29 @@ def test_an_input_that_changes_during_the_run_fails_input_changed(cluster, conn)
     v = wait_view(conn, job_id, lambda v: v["state"] in TERMINAL, timeout=60)
     assert v["state"] == "failed" and v["error"]["reason"] == "input_changed" and v["attempts"] == 1, v
     assert not (cluster.outputs / "moving.ts").exists() and not list(cluster.outputs.glob(".moving.*"))
+
+
+def test_platform_retries_back_off_instead_of_burning_every_attempt_at_once(cluster, conn):
+    """Every attempt's FFmpeg killed from outside (a host that OOM-kills it each time): each is
+    a platform failure, and the next attempt waits 2 s, then 4 s (fleet-wide, not only on the
+    node that failed), so three attempts are spread out instead of burnt at once; the job ends
+    failed with the reason and nothing is left running."""
+    from datetime import datetime
+
+    cluster.start_agent("b1")
+    cluster.start_agent("b2")  # the node that did not fail would otherwise take it at once
+    job_id = live_job(conn, "again.ts", 30)
+    for attempt in (1, 2, 3):
+        wait_view(conn, job_id, lambda v, n=attempt: running_with_frames(v) and v["attempts"] == n)
+        for pid in ffmpeg_pids(job_id):
+            os.kill(pid, signal.SIGKILL)
+    v = wait_view(conn, job_id, lambda v: v["state"] in TERMINAL, timeout=90)
+    assert v["state"] == "failed" and v["error"]["reason"] == "ffmpeg_killed" and v["attempts"] == 3, v
+    times = {
+        (h["to"], h["attempt"]): datetime.fromisoformat(h["time"]).timestamp()
+        for h in v["history"]
+        if h["to"] in ("retrying", "running")
+    }
+    waits = [times[("running", n + 1)] - times[("retrying", n)] for n in (1, 2)]
+    assert waits[0] >= 1.9 and waits[1] >= 3.9, waits
+    assert not ffmpeg_pids(job_id)
