@@ -425,7 +425,9 @@ class Attempt:
         assert self.rd is not None
         tail = self.rd.stderr_tail(4096)
         rc = exit_info.get("returncode") if isinstance(exit_info.get("returncode"), int) else None
-        verdict = classify_exit(exit_info, ws.stop_reason, tail, self.grace, self.ctx.stall_after)
+        url = self.spec_dict.get("input")
+        network = url if isinstance(url, str) and is_url(url) else None
+        verdict = classify_exit(exit_info, ws.stop_reason, tail, self.grace, self.ctx.stall_after, network)
         if verdict is None:
             verdict = self._check_output(plan)
         progress = self.rd.progress()

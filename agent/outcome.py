@@ -9,6 +9,14 @@ from dataclasses import dataclass
 from typing import Any
 
 ENOSPC_MARKERS = ("No space left on device", "ENOSPC")
+# How FFmpeg words a network input that broke off (it then ends the output and exits 0)
+INPUT_CUT_MARKERS = (
+    "Input/output error",
+    "timed out",
+    "Connection reset",
+    "Broken pipe",
+    "Network is unreachable",
+)
 # Output durations within this much of the expected one count as complete.
 DURATION_TOLERANCE_S = 1.0
 DURATION_TOLERANCE_RATIO = 0.02
@@ -37,11 +45,26 @@ def _last_line(tail: str) -> str:
     return lines[-1] if lines else ""
 
 
+def input_cut(tail: str, url: str) -> str | None:
+    """The stderr line saying that the network input ``url`` broke off (a read timeout, a reset),
+    if there is one: FFmpeg takes that for the end of the input and exits 0 with what it had."""
+    for line in tail.splitlines():
+        if (url in line or "Error during demuxing" in line) and any(m in line for m in INPUT_CUT_MARKERS):
+            return line.strip()
+    return None
+
+
 def classify_exit(
-    exit_info: dict[str, Any], stop_reason: str | None, tail: str, grace_s: float, stall_s: float = 0.0
+    exit_info: dict[str, Any],
+    stop_reason: str | None,
+    tail: str,
+    grace_s: float,
+    stall_s: float = 0.0,
+    network_input: str | None = None,
 ) -> Verdict | None:
     """The verdict for a run that ended, or None when FFmpeg exited 0 of its own accord (then
-    the output decides). ``stop_reason`` is set when this attempt stopped FFmpeg itself."""
+    the output decides). ``stop_reason`` is set when this attempt stopped FFmpeg itself;
+    ``network_input`` is the input's URL when it is one."""
     rc = exit_info.get("returncode", 1)
     rc = rc if isinstance(rc, int) else 1
     sig = exit_info.get("signal")
@@ -69,6 +92,9 @@ def classify_exit(
     if isinstance(sig, int) and sig > 0:
         # nobody in ffrtmp sent it (our own stops set stop_reason): the OOM killer, a crash
         return Verdict("retry", "ffmpeg_killed", f"FFmpeg was killed by {signal_name(sig)}")
+    cut = input_cut(tail, network_input) if network_input else None
+    if cut:  # not the end of the source: its output is short of what the job asked for
+        return Verdict("retry", "input_stalled", f"the input broke off: {cut}")
     if rc != 0:
         last = _last_line(tail)
         return Verdict(

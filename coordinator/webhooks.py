@@ -44,6 +44,7 @@ from ffrtmp.jobs import get_view
 from ffrtmp.networks import DestinationRefused, Network, allowed_addresses, parse_networks
 from ffrtmp.nodes import fleet_summary
 from ffrtmp.redact import redact
+from ffrtmp.redisconn import text
 from ffrtmp.rqjob import SafeJob
 
 log = logging.getLogger("ffrtmp.coordinator.webhooks")
@@ -125,19 +126,28 @@ class Webhooks:
     # --- finding what to send -------------------------------------------------------------
     def scan(self, now: float | None = None) -> int:
         """Turn the fleet events since the last scan (``keys.EVENTS``) into deliveries, and
-        nodes that went down into ``node.down``; how many deliveries it made."""
+        nodes that went down into ``node.down``; how many deliveries it made. An event that
+        cannot be turned into one (an unreadable job, a bug) is logged and passed over: the
+        cursor moves past it, so it never holds up those behind it."""
         now = now or time.time()
         made = 0
         last = self.conn.get(keys.WEBHOOKS_CURSOR)
-        if last is None:  # the first scan starts now: no flood of old jobs
+        if last is None:  # the first scan starts now: no flood of old jobs or old outages
             newest = self.conn.xrevrange(keys.EVENTS, count=1)
             self.conn.set(keys.WEBHOOKS_CURSOR, newest[0][0] if newest else b"0-0")
-        else:
-            entries = self.conn.xrange(keys.EVENTS, min=b"(" + last, count=SCAN_BATCH)
-            for _, fields in entries:
+            self._nodes_down(now, announce=False)
+            self._nodes_checked = now
+            return 0
+        entries = self.conn.xrange(keys.EVENTS, min=b"(" + last, count=SCAN_BATCH)
+        for entry_id, fields in entries:
+            try:
                 made += self._job_event(fields)
-            if entries:
-                self.conn.set(keys.WEBHOOKS_CURSOR, entries[-1][0])
+            except (redis.ConnectionError, redis.TimeoutError):
+                raise  # Redis is away: this event is tried again on the next pass
+            except Exception:
+                log.exception("webhooks: passed over event %r", entry_id)
+        if entries:
+            self.conn.set(keys.WEBHOOKS_CURSOR, entries[-1][0])
         if now - self._nodes_checked >= NODES_CHECK_S:
             self._nodes_checked = now
             made += self._nodes_down(now)
@@ -153,6 +163,10 @@ class Webhooks:
             return 0
         if state not in EVENTS:
             return 0
+        # the job as it is now is this end only if it is still in that state since then: an end
+        # it was retried out of, and ended again since, is told by the later event
+        if self.conn.zscore(keys.state_index(state), job_id) != at:
+            return 0
         view = get_view(self.conn, job_id)
         if view is None or view["state"] != state:
             return 0  # gone, or it moved on (retried) before it was scanned: its next end counts
@@ -167,22 +181,25 @@ class Webhooks:
             made += self._deliver(did, url, kind, body, f"job.{state}", job_id)
         return made
 
-    def _nodes_down(self, now: float) -> int:
+    def _nodes_down(self, now: float, announce: bool = True) -> int:
         """``node.down`` once for each node that missed its heartbeats (again after it came
-        back and went down anew), to the fleet URLs."""
-        down = dict(fleet_summary(self.conn, self.heartbeat_timeout_s).down)
-        told = {k.decode(errors="replace"): v for k, v in self.conn.hgetall(keys.WEBHOOKS_NODES_DOWN).items()}
-        if back := [n for n in told if n not in down]:
+        back and went down anew), to the fleet URLs. The record of the outages told is written
+        with HSETNX, so two coordinators passing the lease never tell one twice."""
+        down = [name for name, _ in fleet_summary(self.conn, self.heartbeat_timeout_s).down]
+        told = {text(k) for k in self.conn.hkeys(keys.WEBHOOKS_NODES_DOWN)}
+        if back := [n for n in told if n not in set(down)]:
             self.conn.hdel(keys.WEBHOOKS_NODES_DOWN, *back)
+        fresh = [n for n in down if n not in told]
+        if not fresh:
+            return 0
+        beats = self.conn.zmscore(keys.NODES_INDEX, fresh)
         made = 0
-        for name, age in down.items():
-            if name in told:
+        for name, beat in zip(fresh, beats, strict=True):
+            if beat is None or not self.conn.hsetnx(keys.WEBHOOKS_NODES_DOWN, name, beat) or not announce:
                 continue
-            last_beat = round(now - age, 3)
-            self.conn.hset(keys.WEBHOOKS_NODES_DOWN, name, last_beat)
-            body = _body("node.down", now, {"node": {"name": name, "last_heartbeat": last_beat}})
+            body = _body("node.down", now, {"node": {"name": name, "last_heartbeat": beat}})
             for url in self.cfg.urls:
-                did = hashlib.sha256(f"node|{name}|{last_beat!r}|{url}".encode()).hexdigest()[:24]
+                did = hashlib.sha256(f"node|{name}|{beat!r}|{url}".encode()).hexdigest()[:24]
                 made += self._deliver(did, url, FLEET, body, "node.down", None)
         return made
 
@@ -214,10 +231,12 @@ class Webhooks:
         due = await asyncio.to_thread(
             self.conn.zrangebyscore, keys.WEBHOOKS_DUE, "-inf", time.time(), start=0, num=SEND_BATCH
         )
-        await asyncio.gather(*(self._send_safely(sessions, raw.decode(errors="replace")) for raw in due))
+        await asyncio.gather(*(self._send_safely(sessions, raw) for raw in due))
         return len(due)
 
-    async def _send_safely(self, sessions: dict[str, aiohttp.ClientSession], did: str) -> None:
+    async def _send_safely(self, sessions: dict[str, aiohttp.ClientSession], did: bytes | str) -> None:
+        """``did`` as Redis holds it (bytes that are not UTF-8 included), so a broken entry is
+        the one removed."""
         try:
             await self._send_one(sessions, did)
         except (redis.RedisError, OSError) as exc:
@@ -226,20 +245,22 @@ class Webhooks:
             log.exception("webhook %s: dropped an unusable delivery", did)
             await asyncio.to_thread(self._drop, did)
 
-    def _drop(self, did: str) -> None:
+    def _drop(self, did: bytes | str) -> None:
+        raw = did if isinstance(did, bytes) else did.encode()
         with self.conn.pipeline() as pipe:
-            pipe.zrem(keys.WEBHOOKS_DUE, did)
-            pipe.delete(keys.delivery_key(did))
+            pipe.zrem(keys.WEBHOOKS_DUE, raw)
+            pipe.delete(keys.delivery_key("").encode() + raw)  # the id's bytes as Redis has them
             pipe.execute()
 
-    async def _send_one(self, sessions: dict[str, aiohttp.ClientSession], did: str) -> None:
+    async def _send_one(self, sessions: dict[str, aiohttp.ClientSession], raw_id: bytes | str) -> None:
+        did = raw_id.decode() if isinstance(raw_id, bytes) else raw_id  # not UTF-8: dropped
         rec = await asyncio.to_thread(self.conn.hgetall, keys.delivery_key(did))
         if not rec:
             await asyncio.to_thread(self.conn.zrem, keys.WEBHOOKS_DUE, did)
             return
         job_id, url = rec[b"job"].decode(), rec[b"url"].decode()
         body, attempts = rec[b"body"], int(rec.get(b"attempts", b"0")) + 1
-        kind = CALLBACK if rec.get(b"kind") == CALLBACK.encode() else FLEET
+        kind = FLEET if rec.get(b"kind") == FLEET.encode() else CALLBACK  # unsure: the narrower
         status, final = await self._post(sessions[kind], self.nets[kind], did, url, body)
         if not final and attempts >= MAX_ATTEMPTS:
             final = True
@@ -315,15 +336,19 @@ class Webhooks:
                 for kind, nets in self.nets.items()
             }
             while True:
-                try:
-                    if is_leader():
-                        await asyncio.to_thread(self.scan)
-                        await self.send_due(sessions)
-                except (redis.RedisError, OSError) as exc:
-                    log.warning("webhook pass failed: %s", exc)
-                except Exception:  # a bug in one pass must not end deliveries for good
-                    log.exception("webhook pass failed")
+                if is_leader():  # the scan and the sending apart: one failing stops not the other
+                    await self._guarded(asyncio.to_thread(self.scan))
+                    await self._guarded(self.send_due(sessions))
                 await asyncio.sleep(interval_s)
+
+    @staticmethod
+    async def _guarded(step: Any) -> None:
+        try:
+            await step
+        except (redis.RedisError, OSError) as exc:
+            log.warning("webhook pass failed: %s", exc)
+        except Exception:  # a bug in one pass must not end deliveries for good
+            log.exception("webhook pass failed")
 
 
 def _body(event: str, at: float, about: dict[str, Any]) -> str:

@@ -154,7 +154,8 @@ def test_node_down_is_sent_once_and_a_broken_delivery_holds_up_nothing(conn, red
         _wait(lambda: conn.get(keys.WEBHOOKS_CURSOR))
         # a delivery record that is not one, due before everything else
         conn.hset(keys.delivery_key("broken"), mapping={"url": "x"})
-        conn.zadd(keys.WEBHOOKS_DUE, {"broken": 0})
+        conn.zadd(keys.WEBHOOKS_DUE, {"broken": 0, b"\xff\xfe": 0})  # and an id that is not UTF-8
+        conn.xadd(keys.EVENTS, {"job": "jnosuchjob", "state": "canceled", "at": "x"})  # unreadable
         write_heartbeat(conn, {"name": "gone-1", "slots": 2, "slots_busy": 0})  # then never again
         jobs = [_submit(conn) for _ in range(30)]
         for jid in jobs:  # ends written by the lifecycle: every one becomes a delivery
@@ -170,7 +171,7 @@ def test_node_down_is_sent_once_and_a_broken_delivery_holds_up_nothing(conn, red
         assert len(downs) == 1 and downs[0]["node"]["name"] == "gone-1"
         assert sorted(e["job"]["id"] for e in events() if e["event"] == "job.canceled") == sorted(jobs)
         assert not conn.exists(keys.delivery_key("broken"))
-        assert conn.zscore(keys.WEBHOOKS_DUE, "broken") is None
+        assert conn.zscore(keys.WEBHOOKS_DUE, "broken") is None and conn.zcard(keys.WEBHOOKS_DUE) == 0
         write_heartbeat(conn, {"name": "gone-1", "slots": 2, "slots_busy": 0})  # back, then down again
         _wait(lambda: not conn.hexists(keys.WEBHOOKS_NODES_DOWN, "gone-1"))
         _wait(lambda: len([e for e in events() if e["event"] == "node.down"]) == 2)
@@ -178,3 +179,29 @@ def test_node_down_is_sent_once_and_a_broken_delivery_holds_up_nothing(conn, red
         coord.terminate()
         coord.wait(20)
         srv.shutdown()
+
+
+def test_each_end_is_told_once_with_its_own_content_and_two_leaders_tell_an_outage_once(conn):
+    """Ended, retried and ended again before a scan: one delivery, for the end the job is in
+    (the first end is gone: its content cannot be told). Two coordinators scanning side by
+    side (a lease handover) make one node.down between them, not two."""
+    from coordinator.webhooks import WebhookConfig, Webhooks
+
+    cfg = WebhookConfig(SECRET, ["https://hooks.example.com/x"])
+    a, b = Webhooks(conn, cfg, heartbeat_timeout_s=5), Webhooks(conn, cfg, heartbeat_timeout_s=5)
+    assert a.scan() == 0  # the first scan: from now on
+    jid = _submit(conn)
+    lifecycle.cancel(conn, jid, "first")
+    lifecycle.retry(conn, jid, "test")
+    lifecycle.cancel(conn, jid, "second")
+    assert a.scan() == 1 and b.scan() == 0
+    (hook,) = get_view(conn, jid)["webhooks"]
+    body = json.loads(conn.hget(keys.delivery_key(hook["delivery"]), "body"))
+    assert "second" in body["job"]["error"]["message"]
+    write_heartbeat(conn, {"name": "n-down", "slots": 1})
+    conn.zadd(keys.NODES_INDEX, {"n-down": time.time() - 60})
+    blob = json.loads(conn.get(keys.node_key("n-down")))
+    conn.set(keys.node_key("n-down"), json.dumps({**blob, "last_heartbeat": time.time() - 60}))
+    conn.hset(keys.NODE_SUMMARY, "n-down", json.dumps([time.time() - 60, 1, 0, False, False]))
+    a._nodes_checked = b._nodes_checked = 0.0
+    assert a.scan() + b.scan() == 1

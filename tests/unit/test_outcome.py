@@ -32,6 +32,16 @@ def test_classify_exit(exit_info, stop, tail, want):
     assert (got.outcome, got.reason) == want if want else got is None
 
 
+def test_a_network_input_that_broke_off_is_retried_not_completed():
+    url = "rtmp://10.0.0.5/live/cam"
+    cut = classify_exit({"returncode": 0}, None, f"{url}: Input/output error\n", 30, 120, url)
+    assert cut is not None and (cut.outcome, cut.reason) == ("retry", "input_stalled") and url in cut.message
+    timed = classify_exit({"returncode": 0}, None, "Error during demuxing: Connection timed out", 30, 0, url)
+    assert timed is not None and timed.reason == "input_stalled"
+    assert classify_exit({"returncode": 0}, None, "", 30, 120, url) is None  # a source that ended
+    assert classify_exit({"returncode": 0}, None, f"{url}: Input/output error", 30, 120, None) is None
+
+
 def test_a_signal_death_names_the_signal():
     v = classify_exit({"returncode": -9, "signal": 9}, None, "", 30)
     assert v is not None and "SIGKILL" in v.message and v.platform
