@@ -63,6 +63,8 @@ class WatchState:
     held_at: float = 0.0  # wall clock of the last look that found the lease still ours
     progress_mark: Any = None  # what FFmpeg's progress said last (frame, out_time)
     stall_mtime: float = -1.0  # the progress file's mtime when progress_mark was read
+    stall_look: float = 0.0  # monotonic: the last stall check (a long gap: this watcher froze)
+    output_mtime: float = 0.0  # the temporary output's mtime at that check
     moved_at: float = 0.0  # monotonic: when it last changed (or the watch began)
 
 
@@ -341,10 +343,12 @@ class Attempt:
             if not ws.started_seen and now - ws.t0 > timing.START_DEADLINE_S:
                 raise _Platform("runner_not_started", "the run supervisor did not start FFmpeg")
         self._mirror_progress(ws, plan, now)
-        self._check_stall(ws, now)
+        self._check_stall(ws, plan, now)
         if now - ws.last_lease_poll >= timing.LEASE_POLL_S:
             ws.last_lease_poll = now
             canceled = self._poll_lease(ws)
+            if canceled and ws.stop_reason == "stalled":  # asked for: the end is the operator's
+                ws.stop_reason = "canceled"
             if ws.stop_reason is None and (canceled or now - ws.t0 > self.timeout):
                 ws.stop_reason = "canceled" if canceled else "timed_out"
                 self.log.info("%s: sending SIGTERM to FFmpeg", ws.stop_reason)
@@ -355,15 +359,22 @@ class Attempt:
             self.rd.signal_ffmpeg(signal.SIGKILL)
             ws.forced = True
 
-    def _check_stall(self, ws: WatchState, now: float) -> None:
+    def _check_stall(self, ws: WatchState, plan: Plan, now: float) -> None:
         """No progress for ``stall_after`` (an input that never arrives or stopped arriving, a
-        mount that hangs): stop FFmpeg as a timeout would, and say so (``input_stalled``)."""
+        mount that hangs): stop FFmpeg as a timeout would, and say so (``input_stalled``).
+        Progress is FFmpeg's frame count and output time, or the output growing (the trailer's
+        faststart rewrite reports nothing else); a watcher that was itself frozen (a long gap
+        since its last look) starts counting again rather than blame FFmpeg for its own pause."""
         assert self.rd is not None
+        if now - ws.stall_look > max(5.0, self.ctx.stall_after / 4):
+            ws.moved_at = now
+        ws.stall_look = now
         mtime = self.rd.progress_mtime()
-        if mtime != ws.stall_mtime:
-            ws.stall_mtime = mtime
+        grown = _mtime(plan.tmp_output)
+        if (mtime, grown) != (ws.stall_mtime, ws.output_mtime):
+            ws.stall_mtime, ws.output_mtime = mtime, grown
             prog = self.rd.progress() or {}
-            mark = (prog.get("frame"), prog.get("out_time_us") or prog.get("out_time"))
+            mark = (prog.get("frame"), prog.get("out_time_s"), grown)
             if mark != ws.progress_mark:
                 ws.progress_mark, ws.moved_at = mark, now
         stall = self.ctx.stall_after
@@ -492,6 +503,13 @@ class Attempt:
                 "failed", "output_exists", f"{plan.final_output} appeared while encoding; not replaced"
             )
         return Verdict("completed", "ffmpeg_exit_0", "completed")
+
+
+def _mtime(path: str | None) -> float:
+    try:
+        return os.stat(path).st_mtime if path else 0.0
+    except OSError:
+        return 0.0
 
 
 class _Platform(Exception):

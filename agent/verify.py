@@ -7,7 +7,7 @@ import os
 import subprocess
 from typing import Any
 
-from .hls import rewrite_master
+from .hls import rewrite_master, safe_relative
 from .outcome import DURATION_TOLERANCE_RATIO, DURATION_TOLERANCE_S, duration_ok
 from .pipeline import PROBE_CODEC_NAMES, Plan, input_guard
 
@@ -115,7 +115,7 @@ def verify_output(plan: Plan, ffprobe: str = "ffprobe", expected_s: float | None
         raise VerifyError("no master.m3u8 was written")
     renditions = []
     for rel in _variants(master):
-        if rel.startswith("/") or ".." in rel.split("/") or "://" in rel:
+        if not safe_relative(rel):
             raise VerifyError(f"unexpected variant path {rel}")
         variant = os.path.join(plan.tmp_output, rel)
         if not os.path.isfile(variant):

@@ -243,6 +243,8 @@ class Recovery:
             with self.conn.pipeline(transaction=False) as pipe:
                 pipe.zrem(keys.NODES_INDEX, *gone)
                 pipe.hdel(keys.NODE_SUMMARY, *gone)
+                pipe.delete(*(keys.node_index(n.decode(errors="replace")) for n in gone))
+                pipe.hdel(keys.PRUNE_CURSORS, *(keys.node_index(n.decode(errors="replace")) for n in gone))
                 pipe.execute()
         return len(gone)
 

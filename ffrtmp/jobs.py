@@ -235,36 +235,46 @@ def _indexes_to_prune(conn: redis.Redis) -> list[str]:
         pipe.srandmember(keys.LABEL_INDEXES, PRUNE_SAMPLE)
         pipe.zrandmember(keys.NODES_INDEX, PRUNE_SAMPLE)
         labels, nodes = pipe.execute()
+    labels = [text(x) for x in labels or []]
+    if labels:  # emptied by a listing's own drops: forgotten here
+        with conn.pipeline(transaction=False) as pipe:
+            for index in labels:
+                pipe.eval(_FORGET_EMPTY_LABEL, 2, index, keys.LABEL_INDEXES)
+            pipe.execute()
     fixed = [keys.JOBS_INDEX, *(keys.state_index(s.value) for s in JobState)]
     fixed += [keys.queue_index(q) for q in (*queues.TIERS, *queues.queues_in_use(conn))]
-    return fixed + [text(x) for x in labels or []] + [keys.node_index(text(n)) for n in nodes or []]
+    return fixed + labels + [keys.node_index(text(n)) for n in nodes or []]
 
 
 def prune_indexes(conn: redis.Redis) -> int:
     """Drop the ids of jobs that expired from the listing indexes (a listing drops those it
-    walks over, but an index nobody lists would only grow): the oldest ``PRUNE_OLDEST`` of
-    every state and queue index and of a sample of the label and node indexes, in three
-    round trips. Returns how many entries it dropped."""
+    walks over, but an index nobody lists would only grow): ``PRUNE_OLDEST`` entries of every
+    state and queue index and of a sample of the label and node indexes, from where the last
+    pass stopped in each (so live jobs at the start of an index do not hide the expired ones
+    after them), in four round trips. Returns how many entries it dropped."""
     indexes = _indexes_to_prune(conn)
+    at = [int(c) if c and c.isdigit() else 0 for c in conn.hmget(keys.PRUNE_CURSORS, indexes)]
     with conn.pipeline(transaction=False) as pipe:
-        for index in indexes:
-            pipe.zrange(index, 0, PRUNE_OLDEST - 1)
-        oldest = [[text(i) for i in ids] for ids in pipe.execute()]
-    flat = [i for ids in oldest for i in ids]
-    if not flat:
-        return 0
+        for index, start in zip(indexes, at, strict=True):
+            pipe.zrange(index, start, start + PRUNE_OLDEST - 1)
+        walked = [[text(i) for i in ids] for ids in pipe.execute()]
+    flat = [i for ids in walked for i in ids]
     with conn.pipeline(transaction=False) as pipe:
         for jid in flat:
             pipe.exists(SafeJob.key_for(jid))
         alive = dict(zip(flat, pipe.execute(), strict=True))
     dropped = 0
     with conn.pipeline(transaction=False) as pipe:
-        for index, ids in zip(indexes, oldest, strict=True):
-            if gone := [i for i in ids if not alive[i]]:
+        for index, start, ids in zip(indexes, at, walked, strict=True):
+            gone = [i for i in ids if not alive[i]]
+            if gone:
                 pipe.zrem(index, *gone)
                 dropped += len(gone)
-                if index.startswith(keys.LABEL_INDEX_PREFIX) and len(gone) == len(ids):
-                    pipe.eval(_FORGET_EMPTY_LABEL, 2, index, keys.LABEL_INDEXES)
+            # on from the last id kept, or from the start once the end is reached
+            nxt = start + len(ids) - len(gone) if len(ids) == PRUNE_OLDEST else 0
+            pipe.hset(keys.PRUNE_CURSORS, index, nxt)
+            if index.startswith(keys.LABEL_INDEX_PREFIX) and gone:
+                pipe.eval(_FORGET_EMPTY_LABEL, 2, index, keys.LABEL_INDEXES)
         pipe.execute()
     return dropped
 

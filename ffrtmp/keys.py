@@ -63,6 +63,7 @@ def label_index(key: str, value: str) -> str:
 
 
 LABEL_INDEXES = f"{PREFIX}:jobs:labels"  # set of the label indexes in use (for pruning them)
+PRUNE_CURSORS = f"{PREFIX}:jobs:prune-at"  # hash index -> rank the next prune pass starts at
 # stream of fleet events, appended by the transaction that makes them: a job's end
 # (type=job, job, state, at). Redis numbers the entries as they are written, so a reader that
 # goes on from the last id it saw misses none. Capped at about EVENTS_MAXLEN entries.

@@ -22,7 +22,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-TERMINAL = ("completed", "failed", "timed_out", "canceled", "rejected")
+from ..terms import TERMINAL_STATES
+
+TERMINAL = tuple(sorted(s.value for s in TERMINAL_STATES))
 KINDS = {  # a fleet process, by what its command line starts with
     "coordinator": ("ffrtmp-coordinator", "coordinator.main"),
     "agent": ("ffrtmp-agent", "agent.main"),
@@ -165,7 +167,8 @@ def submit_all(
         with lock:
             out.append(rec)
 
-    with ThreadPoolExecutor(max_workers=16) as pool:
+    # enough threads that answers as slow as a second do not hold the rate back
+    with ThreadPoolExecutor(max_workers=max(16, min(256, math.ceil(plan.rate)))) as pool:
         for i in range(plan.jobs):
             due = t0 + i / plan.rate
             if (delay := due - time.monotonic()) > 0:
@@ -249,9 +252,7 @@ def summarize(
         "submitted": sum(1 for s in subs if s.job_id),
         "refused_at_submit": dict(refused),
         "submit_latency_s": percentiles([s.latency_s for s in subs if s.job_id]),
-        "submit_rate_achieved": round(len(subs) / max(1e-9, max((s.at for s in subs), default=0) or 1e-9), 2)
-        if len(subs) > 1
-        else None,
+        "submit_rate_achieved": _rate([s.at for s in subs]),
         "ended": len(ended),
         "completed": completed,
         "completion_rate": round(completed / len(subs), 4) if subs else 0.0,
@@ -264,6 +265,12 @@ def summarize(
         "processes": processes,
         "host_cpu_pct": {"mean": round(sum(host) / len(host), 1), "max": max(host)} if host else None,
     }
+
+
+def _rate(times: list[float]) -> float | None:
+    """Submissions per second between the first and the last (n - 1 gaps over the span)."""
+    span = max(times) - min(times) if len(times) > 1 else 0.0
+    return round((len(times) - 1) / span, 2) if span > 0 else None
 
 
 def _fmt(v: Any) -> str:

@@ -65,8 +65,7 @@ def kept_key(path: Path, rotate: bool) -> str:
             if key.startswith("ffr_") and key.isascii() and len(key) >= 20:
                 return key
     key = new_key()
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".api-key.")  # 0600, a name of its own
     with os.fdopen(fd, "w") as fh:
         fh.write(key + "\n")
     os.replace(tmp, path)

@@ -385,3 +385,19 @@ def test_a_dead_node_lists_only_the_runs_the_lifecycle_still_has_there(conn):
     conn.set(keys.node_key("dead-1"), json.dumps({**blob, "last_heartbeat": time.time() - 600}))
     node = get_node(conn, "dead-1", 90)
     assert node["state"] == "dead" and [r["job"] for r in node["running"]] == [held]
+
+
+def test_pruning_goes_on_past_live_jobs_at_the_start_of_an_index(conn):
+    """A long-queued head of live jobs does not hide the expired ids behind it: each pass goes
+    on from where the last stopped, and comes back to the start at the end."""
+    from ffrtmp.jobs import PRUNE_OLDEST, prune_indexes
+
+    index = keys.queue_index("batch")
+    live = {f"jlive{i}": i for i in range(PRUNE_OLDEST + 50)}
+    dead = {f"jdead{i}": 1000 + i for i in range(30)}
+    conn.zadd(index, {**live, **dead})
+    for jid in live:
+        conn.set(SafeJob.key_for(jid), "x")  # a record exists: the job is alive
+    for _ in range(3):
+        prune_indexes(conn)
+    assert conn.zcard(index) == len(live) and all(conn.zscore(index, j) is not None for j in live)
