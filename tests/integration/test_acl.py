@@ -238,6 +238,8 @@ def test_the_lifecycle_runs_under_the_role_acls_and_the_agent_cannot_touch_what_
     time.sleep(3)  # heartbeats, recovery ticks and stats after the last job
 
     assert stack.admin.acl_log() == [], stack.admin.acl_log()[:5]
+    ends = {f[b"job"].decode() for _, f in stack.admin.xrange("ffrtmp:events")}
+    assert {pinned, short, live} <= ends  # written by the agents' user
 
     agent = redis.Redis.from_url(stack.url("agent"))
     refused = [
@@ -250,6 +252,9 @@ def test_the_lifecycle_runs_under_the_role_acls_and_the_agent_cannot_touch_what_
         ["DEL", "ffrtmp:ratelimit:x"],
         ["SET", "ffrtmp:recovery:leader", "me"],
         ["SADD", "ffrtmp:queues:pinned", "x"],
+        ["DEL", "ffrtmp:events"],  # the ends webhooks are made from: append only
+        ["XTRIM", "ffrtmp:events", "MAXLEN", "0"],
+        ["XDEL", "ffrtmp:events", "0-1"],
         ["SADD", "rq:queues", "rq:queue:x"],
         ["SET", "other:key", "x"],
         ["FLUSHALL"],
