@@ -512,13 +512,17 @@ def _requeue(
     message: str,
     node: str | None,
     execution_id: str | None,
+    backoff: bool = True,
 ) -> None:
-    """Queue the writes that put a job back in its queue after a platform failure."""
+    """Queue the writes that put a job back in its queue after a platform failure; with
+    ``backoff`` (a failure its agent reported, which can repeat at once) not before the
+    back-off of its count of them."""
     frm = state_of(job, meta)
     attempt = meta_int(meta, "attempt", 0)
     failures = meta_int(meta, "platform_failures", 0) + 1
     meta.update(state=QUEUED, lease=None, error=_error(reason, message), progress=None, ended_at=None)
-    meta.update(platform_failures=failures, retry_not_before=time.time() + timing.retry_backoff(failures))
+    wait = timing.retry_backoff(failures) if backoff else 0.0
+    meta.update(platform_failures=failures, retry_not_before=time.time() + wait if wait else None)
     if node:
         meta.update(last_failed_node=node, last_failed_at=time.time())
     job.meta = meta
@@ -543,6 +547,7 @@ def _platform(
     message: str,
     node: str | None,
     execution_id: str | None,
+    backoff: bool = True,
 ) -> str:
     attempt = meta_int(meta, "attempt", 0)
     tier = str(meta.get("tier") or "default")
@@ -551,7 +556,7 @@ def _platform(
     if node:
         stats.record_violation(pipe, node, job.id, tier, "platform_failure", f"{reason}: {message}")
     if left > 0:
-        _requeue(pipe, job, meta, reason, message, node, execution_id)
+        _requeue(pipe, job, meta, reason, message, node, execution_id, backoff)
         return "requeued"
     end = Ending("failed", reason, f"{message} (no attempts left)")
     _write_terminal(pipe, job, meta, end, node, execution_id)
@@ -618,7 +623,8 @@ def abandon(
         meta = _meta(job)
         reason = reason_for(lease)
         msg = f"attempt {lease.attempt} on {lease.node} stopped renewing its execution ({reason})"
-        return _platform(pipe, job, meta, reason, msg, lease.node, execution_id)
+        # found by recovery after the heartbeat timeout: waiting more only delays a live job
+        return _platform(pipe, job, meta, reason, msg, lease.node, execution_id, backoff=False)
 
     return str(_transact(conn, job_id, body, also_watch=(registry_key,)))
 
