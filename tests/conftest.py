@@ -128,17 +128,25 @@ def agent_argv(redis_url: str, name: str, metrics_port: int, work_dir: Path, *ex
 
 
 def wait_agent_ready(
-    port: int, proc: subprocess.Popen[bytes], log: Path | None = None, timeout: float = 90
+    port: int,
+    proc: subprocess.Popen[bytes],
+    log: Path | None = None,
+    timeout: float = 90,
+    name: str | None = None,
 ) -> None:
-    """Until the agent's /ready says ready; fails with the end of its log if it never does."""
+    """Until the agent's /ready says ready (and, given ``name``, that it is that agent: on a
+    busy machine another process may have taken the port between free_port() and the bind);
+    fails with the end of its log if it never does."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.poll() is None:
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=1) as r:
-                if json.loads(r.read())["ready"]:
+                body = json.loads(r.read())
+                if body["ready"] and name in (None, body.get("node")):
                     return
         except OSError:
-            time.sleep(0.1)
+            pass
+        time.sleep(0.1)
     tail = log.read_text(errors="replace")[-2000:] if log and log.exists() else ""
     proc.kill()
     pytest.fail(f"agent on :{port} not ready (exit {proc.poll()}):\n{tail}")

@@ -1,5 +1,6 @@
 """End to end through the `ffrtmp` CLI against `ffrtmp up`, checked with ffprobe."""
 
+import contextlib
 import http.server
 import os
 import subprocess
@@ -164,7 +165,13 @@ def test_a_live_input_that_never_arrives_ends_input_stalled_not_at_the_timeout(t
 
     held: list[socket.socket] = []
     srv = socket.create_server(("127.0.0.1", 0))
-    threading.Thread(target=lambda: [held.append(srv.accept()[0]) for _ in range(10)], daemon=True).start()
+
+    def hold() -> None:  # accept and never answer, until the test closes the socket
+        with contextlib.suppress(OSError):
+            while True:
+                held.append(srv.accept()[0])
+
+    threading.Thread(target=hold, daemon=True).start()
     url = f"rtmp://127.0.0.1:{srv.getsockname()[1]}/live/nobody"
     env = {"FFRTMP_ALLOW_URL_NETWORKS": "127.0.0.0/8", "FFRTMP_STALL_AFTER": "3s"}
     lan = LocalFleet(tmp_path, slots=1, env=env)

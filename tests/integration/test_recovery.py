@@ -58,6 +58,16 @@ class Cluster:
         return spawn_logged(self.tmp / f"{name}.log", argv, env)
 
     def start_agent(self, name: str, slots: int = 1, *extra: str, wait: bool = True) -> subprocess.Popen:
+        for _ in range(3):  # a metrics port taken by another process meanwhile: another port
+            proc = self._start_agent(name, slots, *extra, wait=wait)
+            if proc.poll() is None or "address already in use" not in self._log_tail(name):
+                return proc
+        return proc
+
+    def _log_tail(self, name: str) -> str:
+        return (self.tmp / f"{name}.log").read_text(errors="replace")[-3000:]
+
+    def _start_agent(self, name: str, slots: int, *extra: str, wait: bool) -> subprocess.Popen:
         port = free_port()
         argv = agent_argv(
             self.redis_url,
@@ -80,7 +90,11 @@ class Cluster:
         proc = self._spawn(name, argv)
         self.agents[name] = (proc, port)
         if wait:
-            wait_agent_ready(port, proc, self.tmp / f"{name}.log")
+            try:
+                wait_agent_ready(port, proc, self.tmp / f"{name}.log", name=name)
+            except pytest.fail.Exception:
+                if "address already in use" not in self._log_tail(name):
+                    raise
         return proc
 
     def kill_agent(self, name: str) -> None:
