@@ -7,7 +7,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import time
+from datetime import timedelta
 from typing import Any
 
 import redis
@@ -31,6 +33,7 @@ class FleetWorker(Worker):
     _lease: Lease | None = None
     _raised: BaseException | None = None
     _worker_pid: int = 0
+    _handing_over: bool = False
 
     def get_heartbeat_ttl(self, job: Any, working_time: float = 0.0) -> int:
         """RQ adds a fixed 60 s to the monitoring interval; ffrtmp derives the execution TTL from
@@ -112,8 +115,8 @@ class FleetWorker(Worker):
         raised before it could. Stop what the attempt left running, then report a platform
         failure under the attempt's lease: refused (and harmless) if it had settled."""
         lease = self._lease
-        if lease is None:
-            return
+        if lease is None or self._handing_over:
+            return  # a cold stop killed the horse on purpose: its run is the next agent's
         if isinstance(self._raised, UnsafeJobError):  # not ours to run: refused, never retried
             with contextlib.suppress(Refused, redis.RedisError, OSError):
                 lifecycle.finish(self.connection, lease, Ending("rejected", "unsafe_job", str(self._raised)))
@@ -139,6 +142,21 @@ class FleetWorker(Worker):
             if rd.token == lease.token:
                 return rd.kill_run(timing.STOP_WAIT_S)
         return True  # no run directory: the attempt never started a run
+
+    def request_force_stop(self, signum: int, frame: Any) -> None:
+        """Cold shutdown (a handover): the horse dies, its FFmpeg run lives on for the next
+        agent to adopt. RQ's own version kills and reaps the horse inside this handler, and the
+        monitor's SIGALRM (every renewal interval) can fire in between: its exception replaces
+        RQ's SystemExit, the monitor loop reaps a horse killed by signal 9 and reports it dead,
+        which stopped the very run the handover meant to keep (seen in the upgrade scenario).
+        So the alarm goes first, and a horse killed this way is never reported."""
+        requested = self._shutdown_requested_date
+        if requested is not None and rq_now() - requested < timedelta(seconds=1):
+            return super().request_force_stop(signum, frame)  # RQ's duplicate: ignored
+        signal.signal(signal.SIGALRM, signal.SIG_IGN)
+        signal.alarm(0)
+        self._handing_over = True
+        super().request_force_stop(signum, frame)
 
     def handle_exception(self, job: Any, *exc_info: Any) -> None:
         """Remember what the job function raised (RQ calls this just before handle_job_failure)."""

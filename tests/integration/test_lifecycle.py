@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
 import tempfile
 import time
 
@@ -120,6 +122,50 @@ def test_every_write_of_an_attempt_that_lost_its_lease_is_refused(conn):
     conn.zadd(reg, {member: time.time() - 1})
     assert lifecycle.abandon(conn, jid, old_exec.id, reg, lambda _l: "node_lost") == "stale"
     assert get_view(conn, jid)["state"] == "running"
+
+
+def test_a_cold_stop_hit_by_the_monitor_alarm_still_hands_the_run_over(conn, monkeypatch):
+    """A handover's cold stop kills the horse inside RQ's signal handler; the monitor's SIGALRM
+    landing between the kill and the reap used to replace RQ's SystemExit, so the worker
+    reaped a horse killed by signal 9, reported it dead and stopped the run it was leaving to
+    the next agent. The alarm is forced into that window here."""
+    from datetime import timedelta
+
+    from rq.timeouts import HorseMonitorTimeoutException, UnixSignalDeathPenalty
+    from rq.utils import now as rq_now
+
+    jid = _submit(conn)
+    lease, _execution = _pop_and_claim(conn, jid)
+    w = _worker(conn, "n1.s0")
+    w._lease = lease
+    horse = os.fork()
+    if horse == 0:  # pragma: no cover - the child only waits to be killed
+        os.setpgrp()
+        time.sleep(60)
+        os._exit(0)
+    w._horse_pid = horse
+    w._shutdown_requested_date = rq_now() - timedelta(seconds=5)  # the warm stop, earlier
+    kill = w.kill_horse
+
+    def kill_then_alarm(*a):
+        kill(*a)
+        signal.raise_signal(signal.SIGALRM)  # the monitor's alarm, due right now
+
+    monkeypatch.setattr(w, "kill_horse", kill_then_alarm)
+    penalty = UnixSignalDeathPenalty(60, HorseMonitorTimeoutException)
+    penalty.setup_death_penalty()
+    try:
+        with pytest.raises(SystemExit):
+            w.request_force_stop(signal.SIGTERM, None)
+    finally:
+        penalty.cancel_death_penalty()
+    with pytest.raises(ChildProcessError):
+        os.waitpid(horse, os.WNOHANG)  # reaped by the stop itself
+    # were the monitor loop to see the death anyway, the run is not reported dead
+    w.handle_job_failure(fetch_job(conn, jid), rq_queue(Q, conn), exc_string="waitpid returned 9")
+    view = get_view(conn, jid)
+    assert view["state"] == "running" and view["attempts"] == 1
+    assert conn.get(keys.lease_key(jid)).decode() == lease.token
 
 
 def test_a_duplicate_in_a_queue_never_runs_beside_the_running_attempt(conn):
