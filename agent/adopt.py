@@ -18,8 +18,9 @@ from ffrtmp.lifecycle import Lease
 from ffrtmp.rqjob import SafeJob, fetch_job
 from ffrtmp.rundir import FORMAT, RunDir
 
-from .attempt import Attempt, Fenced
+from .attempt import Fenced
 from .pipeline import AgentContext
+from .segmented import attempt_for
 
 log = logging.getLogger("ffrtmp.agent.adopt")
 
@@ -98,7 +99,7 @@ def sweep_partials(conn: redis.Redis, work_dir: str, quiet_s: float) -> int:
 
 def _watch_adopted(job: SafeJob, lease: Lease, rd: RunDir, ctx: AgentContext) -> None:
     try:
-        Attempt(job, lease, job.args[0] if job.args else {}, ctx).resume(rd)
+        attempt_for(job, lease, ctx).resume(rd)
     except Fenced as exc:
         log.warning("adopted job %s was fenced: %s", job.id, exc)
     except Exception:

@@ -29,7 +29,7 @@ from ffrtmp.rundir import RunDir, remove_path, used_bytes, write_json_atomic
 from . import disk
 from .limits import apply_limits, systemd_run_path
 from .outcome import Verdict, classify_exit, input_signature
-from .pipeline import AgentContext, Plan, PlanError, build_plan, needs_egress_proxy
+from .pipeline import AgentContext, Plan, PlanError, Segment, build_plan, needs_egress_proxy
 from .publish import OutputExists, publish, taken
 from .runner import reap, spawn_detached, with_percent
 from .urlpolicy import check_url_input
@@ -84,8 +84,16 @@ def remove_stale_parts(plan: Plan, job_id: str, attempt: int) -> None:
 
 
 class Attempt:
-    def __init__(self, job: Any, lease: Lease, spec_dict: dict[str, Any], ctx: AgentContext) -> None:
+    def __init__(
+        self,
+        job: Any,
+        lease: Lease,
+        spec_dict: dict[str, Any],
+        ctx: AgentContext,
+        segment: Segment | None = None,
+    ) -> None:
         self.job = job
+        self.segment = segment  # what this attempt encodes when its job is a segment of another
         self.conn: redis.Redis = job.connection
         self.lease = lease
         self.spec_dict = spec_dict
@@ -152,7 +160,7 @@ class Attempt:
         try:
             if spec.input and is_url(spec.input):
                 check_url_input(spec.input, self.ctx.allow_url_networks)
-            plan = build_plan(spec, self.job.id, self.lease.attempt, self.ctx)
+            plan = build_plan(spec, self.job.id, self.lease.attempt, self.ctx, self.segment)
             if plan.tmp_output and not spec.overwrite and taken(plan.final_output, self.job.id):
                 raise PlanError("output_exists", f"{plan.final_output} exists (overwrite: true replaces it)")
             plan.argv = apply_limits(
@@ -191,7 +199,7 @@ class Attempt:
     def resume(self, rd: RunDir) -> None:
         """Watch a run a dead horse started, to its end, as that horse would have."""
         spec = JobSpec.model_validate(self.spec_dict)
-        plan = build_plan(spec, self.job.id, self.lease.attempt, self.ctx)  # the same paths as then
+        plan = self._plan_again(spec)  # the same paths as then
         st = rd.started() or {}
         self.rd, self.adopted = rd, True
         self.runner_pid = int(st.get("runner_pid") or 0)
@@ -201,9 +209,15 @@ class Attempt:
         self.log.info("attempt adopted after an agent restart")
         self._conclude(plan)
 
-    def _start(self, plan: Plan) -> bool:
+    def _plan_again(self, spec: JobSpec) -> Plan:
+        return build_plan(spec, self.job.id, self.lease.attempt, self.ctx, self.segment)
+
+    def _queue_wait(self) -> float:
         enqueued = self.job.enqueued_at
-        wait = max(0.0, self.t_start - enqueued.replace(tzinfo=UTC).timestamp()) if enqueued else 0.0
+        return max(0.0, self.t_start - enqueued.replace(tzinfo=UTC).timestamp()) if enqueued else 0.0
+
+    def _start(self, plan: Plan) -> bool:
+        wait = self._queue_wait()
         fields = {
             "run_dir": self.rd.path if self.rd else None,
             "output": plan.final_output,

@@ -27,4 +27,5 @@ class AgentConfig:
     log_dir: str | None = None
     min_free_space: int = 256 * 1024 * 1024
     allow_url_networks: list[str] = field(default_factory=list)
+    planner_slots: int = 1  # slots that run segmented jobs' parents (they wait; they encode nothing)
     metrics_api_keys_file: str | None = None  # then /metrics and /violations need a key

@@ -33,12 +33,12 @@ from ffrtmp.model import NODE_NAME
 from ffrtmp.networks import parse_networks
 from ffrtmp.nodes import drain_key, write_heartbeat
 from ffrtmp.presets import HW_ENCODER_NAMES
-from ffrtmp.queues import slot_queues
+from ffrtmp.queues import planner_queues, slot_queues
 from ffrtmp.redisconn import connect, ping, redis_retry
 from ffrtmp.rundir import RunDir
 from ffrtmp.timing import orphan_deadline, renewal_interval
 
-from . import disk
+from . import disk, segments
 from .adopt import adopt, sweep_partials
 from .config import AgentConfig
 from .context import ENV as CONTEXT_ENV
@@ -57,6 +57,7 @@ class Slot:
     index: int
     name: str
     queues: list[str]
+    planner: bool = False  # follows segmented jobs; not a transcoding slot
     proc: asyncio.subprocess.Process | None = None
     restarts: int = 0
     started: float = 0.0
@@ -126,7 +127,8 @@ class Agent:
         assert self.conn is not None
         with self.conn.pipeline() as pipe:
             for s in self.slots:
-                pipe.hget(f"rq:worker:{s.name}", "state")
+                if not s.planner:
+                    pipe.hget(f"rq:worker:{s.name}", "state")
             states = pipe.execute()
         return sum(1 for st in states if st in (b"busy", "busy"))
 
@@ -182,6 +184,9 @@ class Agent:
             self.slots.append(
                 Slot(i, f"{self.cfg.name}.s{i}.{self.boot_id}", slot_queues(caps, live_only, self.cfg.name))
             )
+        for j in range(self.cfg.planner_slots):
+            name = f"{self.cfg.name}.plan{j}.{self.boot_id}"
+            self.slots.append(Slot(self.cfg.slots + j, name, planner_queues(), planner=True))
 
     async def start_slot(self, slot: Slot) -> None:
         env = dict(os.environ)
@@ -234,13 +239,16 @@ class Agent:
             await asyncio.sleep(delay)
 
     async def sweep_runs(self) -> None:
-        """Now and then (5-30 s): remove partial outputs dead runs of this node left behind."""
+        """Now and then (5-30 s): remove partial outputs dead runs of this node left behind, and
+        the segments of segmented jobs that ended."""
         assert self.conn is not None
         quiet = 2 * orphan_deadline(self.cfg.heartbeat_interval)
         every = max(5.0, min(30.0, quiet / 2))
         while not self.stopping:
             try:
                 await asyncio.to_thread(sweep_partials, self.conn, self.cfg.work_dir, quiet)
+                if self.cfg.output_roots:
+                    await asyncio.to_thread(segments.sweep, self.conn, self.cfg.output_roots[0])
             except (redis.RedisError, OSError) as exc:
                 log.warning("cannot sweep dead runs now: %s", exc)
             await asyncio.sleep(every)
@@ -532,6 +540,15 @@ def _node_name(value: str) -> str:
     type=click.IntRange(0, 256),
     default=None,
     help="Slots that take live.* work only [default: 1 when --slots > 1, else 0]",
+)
+@click.option(
+    "--planner-slots",
+    envvar="FFRTMP_PLANNER_SLOTS",
+    type=click.IntRange(0, 16),
+    default=1,
+    show_default=True,
+    help="Slots that plan and join segmented jobs (they wait on their segments, encoding nothing "
+    "meanwhile, so they are not transcoding slots). 0: this agent takes none.",
 )
 @click.option("--metrics-host", envvar="FFRTMP_METRICS_HOST", default="0.0.0.0", show_default=True)
 @click.option(

@@ -46,6 +46,18 @@ class AgentContext:
     stall_after: float = 120.0  # a run whose progress has not moved this long is stopped (0: never)
 
 
+@dataclass(frozen=True)
+class Segment:
+    """What a segment job encodes: ``[start, end)`` of the input into ``path`` (relative to
+    the output root), for the segmented job ``parent``."""
+
+    parent: str
+    index: int
+    start: float
+    end: float
+    path: str
+
+
 @dataclass
 class Plan:
     argv: list[str]
@@ -305,16 +317,8 @@ def _tmp_name(final: str, job_id: str, attempt: int) -> str:
     return os.path.join(d, f".{stem}.{job_id}-a{attempt}.part{ext}")
 
 
-def build_plan(spec: JobSpec, job_id: str, attempt: int, ctx: AgentContext) -> Plan:
-    preset: Preset = PRESETS[spec.scenario]
-    codec = spec.codec or preset.codec
-    width, height = parse_resolution(spec.resolution) if spec.resolution else (preset.width, preset.height)
-    fps = spec.fps or preset.fps
-    kbps = parse_bitrate_kbps(spec.bitrate) if spec.bitrate else preset.bitrate_kbps
-    speed = spec.preset or preset.preset
-    encoder, family = pick_encoder(codec, spec.hwaccel, ctx)
-
-    argv = [
+def _base_argv(ctx: AgentContext) -> list[str]:
+    return [
         ctx.ffmpeg,
         "-hide_banner",
         "-nostdin",
@@ -327,6 +331,43 @@ def build_plan(spec: JobSpec, job_id: str, attempt: int, ctx: AgentContext) -> P
         "0.5",
         "-y",
     ]
+
+
+def _file_tail(ext: str, codec: str) -> tuple[list[str], list[str]]:
+    """(audio encoding, container options) of a file output with this extension."""
+    audio = (
+        ["-c:a", "libopus", "-b:a", "128k"]
+        if ext == ".webm"
+        else ["-c:a", "aac", "-b:a", "128k", "-ac", "2", "-ar", "48000"]
+    )
+    extra = ["-movflags", "+faststart"] if ext in (".mp4", ".mov") else []
+    if codec == "h265" and ext in (".mp4", ".mov"):
+        extra += ["-tag:v", "hvc1"]
+    return audio, extra
+
+
+def file_output(spec: JobSpec, job_id: str, ctx: AgentContext) -> str:
+    """Where a file job's output goes (resolved under the output root)."""
+    preset: Preset = PRESETS[spec.scenario]
+    codec = spec.codec or preset.codec
+    ext = DEFAULT_EXT[codec] if preset.realtime is False else ".ts"
+    return resolve_output(spec.output, job_id + ext, ctx)
+
+
+def build_plan(
+    spec: JobSpec, job_id: str, attempt: int, ctx: AgentContext, segment: Segment | None = None
+) -> Plan:
+    """The run of a job; given ``segment``, of that segment of a segmented job (video only,
+    ``[start, end)`` of the input, into the segment's file)."""
+    preset: Preset = PRESETS[spec.scenario]
+    codec = spec.codec or preset.codec
+    width, height = parse_resolution(spec.resolution) if spec.resolution else (preset.width, preset.height)
+    fps = spec.fps or preset.fps
+    kbps = parse_bitrate_kbps(spec.bitrate) if spec.bitrate else preset.bitrate_kbps
+    speed = spec.preset or preset.preset
+    encoder, family = pick_encoder(codec, spec.hwaccel, ctx)
+
+    argv = _base_argv(ctx)
     if family == "vaapi":
         argv += ["-vaapi_device", ctx.vaapi_device or "/dev/dri/renderD128"]
     if family == "qsv":
@@ -367,11 +408,14 @@ def build_plan(spec: JobSpec, job_id: str, attempt: int, ctx: AgentContext) -> P
         audio_map = ["-map", "0:v:0", "-map", "0:a:0?"]
     else:
         path = resolve_input(spec.input, ctx)
-        argv += (["-re"] if realtime else []) + [*input_guard(path), "-i", "file:" + path]
+        seek = ["-ss", f"{segment.start:.6f}"] if segment else []
+        argv += (["-re"] if realtime else []) + [*input_guard(path), *seek, "-i", "file:" + path]
         input_desc = path
         fit = True
         audio_map = ["-map", "0:v:0", "-map", "0:a:0?"]
     t_args = ["-t", f"{duration:g}"] if duration else []
+    if segment:
+        return _segment_plan(argv, spec, job_id, attempt, ctx, segment, (encoder, family), input_desc)
 
     if preset.kind == "hls":
         rungs = preset.ladder if not spec.resolution else ((width, height, kbps),)
@@ -437,17 +481,57 @@ def build_plan(spec: JobSpec, job_id: str, attempt: int, ctx: AgentContext) -> P
     if out is not None and is_url(out):
         argv += ["-c:a", "aac", "-b:a", "128k", "-ac", "2", "-ar", "48000", *t_args, "-f", "flv", out]
         return Plan(argv, "stream", encoder, width, height, fps, codec, duration, out, None, input_desc)
-    ext = DEFAULT_EXT[codec] if preset.realtime is False else ".ts"
-    final = resolve_output(out, job_id + ext, ctx)
-    ext = posixpath.splitext(final)[1].lower()
-    audio = (
-        ["-c:a", "libopus", "-b:a", "128k"]
-        if ext == ".webm"
-        else ["-c:a", "aac", "-b:a", "128k", "-ac", "2", "-ar", "48000"]
-    )
-    extra = ["-movflags", "+faststart"] if ext in (".mp4", ".mov") else []
-    if codec == "h265" and ext in (".mp4", ".mov"):
-        extra += ["-tag:v", "hvc1"]
+    final = file_output(spec, job_id, ctx)
+    audio, extra = _file_tail(posixpath.splitext(final)[1].lower(), codec)
     tmp = _tmp_name(final, job_id, attempt)
     argv += [*audio, *t_args, *extra, "file:" + tmp]
     return Plan(argv, "file", encoder, width, height, fps, codec, duration, final, tmp, input_desc)
+
+
+def _segment_plan(
+    argv: list[str],
+    spec: JobSpec,
+    job_id: str,
+    attempt: int,
+    ctx: AgentContext,
+    seg: Segment,
+    picked: tuple[str, str],
+    input_desc: str,
+) -> Plan:
+    """A segment: the parent's video encode of ``[start, end)``, no audio (the join encodes
+    it once for the whole input), into an MP4 intermediate."""
+    preset: Preset = PRESETS[spec.scenario]
+    encoder, family = picked
+    codec = spec.codec or preset.codec
+    width, height = parse_resolution(spec.resolution) if spec.resolution else (preset.width, preset.height)
+    fps = spec.fps or preset.fps
+    kbps = parse_bitrate_kbps(spec.bitrate) if spec.bitrate else preset.bitrate_kbps
+    vf = _scale_filter(width, height, family, True)
+    argv += ["-map", "0:v:0", "-an", *(["-vf", vf] if vf else []), "-r", f"{fps:g}"]
+    argv += _video_args(encoder, family, kbps, spec.preset or preset.preset, fps, False)
+    final = resolve_output(seg.path, seg.path, ctx)
+    tmp = _tmp_name(final, job_id, attempt)
+    tag = ["-tag:v", "hvc1"] if codec == "h265" else []
+    argv += ["-t", f"{seg.end - seg.start:.6f}", *tag, "-f", "mp4", "file:" + tmp]
+    return Plan(argv, "file", encoder, width, height, fps, codec, seg.end - seg.start, final, tmp, input_desc)
+
+
+def build_join_plan(
+    spec: JobSpec, job_id: str, attempt: int, ctx: AgentContext, concat_list: str, seconds: float
+) -> Plan:
+    """The join of a segmented job: the segments' video copied in order (FFmpeg's concat
+    demuxer), the input's audio encoded once for the whole length, into a temporary name
+    beside the final output, as a single-node job writes it."""
+    preset: Preset = PRESETS[spec.scenario]
+    codec = spec.codec or preset.codec
+    width, height = parse_resolution(spec.resolution) if spec.resolution else (preset.width, preset.height)
+    path = resolve_input(str(spec.input), ctx)
+    final = file_output(spec, job_id, ctx)
+    audio, extra = _file_tail(posixpath.splitext(final)[1].lower(), codec)
+    tmp = _tmp_name(final, job_id, attempt)
+    argv = _base_argv(ctx)
+    argv += ["-f", "concat", "-protocol_whitelist", "file", "-i", "file:" + concat_list]
+    argv += [*input_guard(path), "-i", "file:" + path, "-map", "0:v:0", "-map", "1:a:0?", "-c:v", "copy"]
+    argv += [*audio, "-t", f"{seconds:.6f}", *extra, "file:" + tmp]
+    fps = spec.fps or preset.fps
+    return Plan(argv, "file", "copy", width, height, fps, codec, seconds, final, tmp, path)

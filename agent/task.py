@@ -16,20 +16,28 @@ from rq import get_current_job
 from ffrtmp import lifecycle
 from ffrtmp.lifecycle import Lease, Refused
 
-from .attempt import Attempt, Fenced
+from .attempt import Fenced
 from .context import load_context
+from .segmented import MalformedJob, attempt_for
 
 log = logging.getLogger("ffrtmp.agent.task")
 
 
-def run_job(spec: dict[str, Any]) -> None:
+def run_job(spec: dict[str, Any], segment: dict[str, Any] | None = None) -> None:
+    """``segment``: the place of a segment job in its parent (``agent.segmented``)."""
     job = get_current_job()
     if job is None:
         raise RuntimeError("run_job must run inside an RQ worker")
     lease = Lease.parse(job.id, (job.meta or {}).get("lease"))
     if lease is None:
         raise RuntimeError(f"job {job.id} has no lease: it must be claimed by an ffrtmp worker")
-    attempt = Attempt(job, lease, spec, load_context())
+    try:
+        attempt = attempt_for(job, lease, load_context())
+    except MalformedJob as exc:
+        with contextlib.suppress(Refused, redis.RedisError, OSError):
+            lifecycle.finish(job.connection, lease, lifecycle.Ending("rejected", "invalid_spec", str(exc)))
+        logging.shutdown()
+        os._exit(0)
     try:
         attempt.run()
     except Fenced as exc:

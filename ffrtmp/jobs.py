@@ -9,7 +9,6 @@ job, and control signals (cancel) live in their own keys.
 from __future__ import annotations
 
 import json
-import re
 import secrets
 from datetime import UTC, datetime
 from typing import Any
@@ -23,8 +22,8 @@ from .terms import TERMINAL_STATES, JobState
 
 __all__ = ["JOB_ID", "cancel", "get_view", "job_view", "list_views", "new_job_id", "retry"]
 
-_ID_ALPHABET = "abcdefghijkmnpqrstuvwxyz23456789"  # no l/1/o/0: readable over the phone
-JOB_ID = re.compile(f"j[{_ID_ALPHABET}]{{10}}")  # what new_job_id makes; nothing else names a job
+JOB_ID = keys.JOB_ID
+_ID_ALPHABET = keys.ID_ALPHABET
 LIST_SCAN_LIMIT = 2000  # index entries one listing request may look at, whatever it finds
 
 
@@ -96,9 +95,24 @@ def job_view(
         "labels": spec.get("labels", {}),
         "spec": spec,
     }
+    view.update(_segmentation(job, meta))
     if history is not None:
         view["history"] = history
     return view
+
+
+def _segmentation(job: SafeJob, meta: dict[str, Any]) -> dict[str, Any]:
+    """A segmented job's segments, or a segment's parent and place (both read as untrusted)."""
+    out: dict[str, Any] = {}
+    children = lifecycle.segment_children(meta)
+    if children:
+        seg = meta.get("segments") or {}
+        out["segments"] = {"count": len(children), "children": children, "cuts": seg.get("cuts")}
+    place = job.args[1] if len(job.args or ()) > 1 and isinstance(job.args[1], dict) else None
+    if place and isinstance(place.get("parent"), str):
+        out["parent"] = place["parent"]
+        out["segment"] = {k: place.get(k) for k in ("index", "start", "end")}
+    return out
 
 
 def get_view(conn: redis.Redis, job_id: str) -> dict[str, Any] | None:

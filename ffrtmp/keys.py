@@ -8,6 +8,7 @@ are RQ's: ffrtmp reaches them only through RQ's objects.
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 
 PREFIX = "ffrtmp"
@@ -23,6 +24,22 @@ class Retention:
 
 
 # --- jobs ---------------------------------------------------------------------------------
+ID_ALPHABET = "abcdefghijkmnpqrstuvwxyz23456789"  # no l/1/o/0: readable over the phone
+# What names a job: a submitted job ``j`` + 10 characters, a segment of a segmented job its
+# parent's id + ``-s<index>`` (made by the parent's attempt, deterministic so it is made once).
+_PARENT_ID = f"j[{ID_ALPHABET}]{{10}}"
+JOB_ID = re.compile(f"{_PARENT_ID}(?:-s[0-9]{{1,5}})?")
+_CHILD_ID = re.compile(f"{_PARENT_ID}-s[0-9]{{1,5}}")
+
+
+def child_id(parent: str, index: int) -> str:
+    return f"{parent}-s{index}"
+
+
+def is_child_id(job_id: str) -> bool:
+    return _CHILD_ID.fullmatch(job_id) is not None
+
+
 JOBS_INDEX = f"{PREFIX}:jobs"  # zset id -> created unix time (newest-first listing)
 # zset id -> when it was (re)enqueued; left when the attempt reports started. RQ workers that
 # listen on several queues dequeue with a plain BLPOP, so a worker killed between the pop and

@@ -677,7 +677,12 @@ def cancel(conn: redis.Redis, job_id: str, requested_by: str) -> str:
         _write_terminal(pipe, job, meta, end, None, None)
         return "canceled"
 
-    return str(_transact(conn, job_id, body))
+    out = str(_transact(conn, job_id, body))
+    if out == "canceled":  # a segmented job waiting between attempts: its segments go too
+        job = fetch_job(conn, job_id)
+        for child in segment_children(_meta(job)) if job is not None else []:
+            cancel(conn, child, f"{requested_by} (parent {job_id})")
+    return out
 
 
 def retry(conn: redis.Redis, job_id: str, requested_by: str) -> str:
@@ -749,3 +754,74 @@ def submitted(pipe: Pipeline, jobs: list[tuple[str, str, str, str, dict[str, str
     for cls, n in Counter(f"{tier}.{priority}" for _, tier, priority, _, _ in jobs).items():
         pipe.hincrby(keys.SUBMITTED, cls, n)
     return first
+
+
+# --- segmented jobs -----------------------------------------------------------------------
+PARENT_LABEL = "ffrtmp.parent"  # a segment's label naming its segmented job (listing by parent)
+
+
+def segment_children(meta: dict[str, Any]) -> list[str]:
+    """The child jobs a segmented job's record names (untrusted: only well-formed ids)."""
+    seg = meta.get("segments")
+    children = seg.get("children") if isinstance(seg, dict) else None
+    if not isinstance(children, list):
+        return []
+    return [c for c in children if isinstance(c, str) and keys.is_child_id(c)]
+
+
+def plan_segments(
+    conn: redis.Redis, lease: Lease, segments: dict[str, Any], children: list[SafeJob]
+) -> tuple[dict[str, Any], bool]:
+    """A segmented job's attempt planned its segments: record the plan and enqueue the child
+    jobs in one fenced transaction, once per job. An attempt that finds a plan recorded (an
+    earlier attempt made it) gets that one and enqueues nothing. Returns (the plan, whether
+    this is a new run of it: a manual retry since it was made, whose failed segments the
+    caller retries). Raises ``Refused`` if fenced."""
+
+    def write(pipe: Pipeline, job: SafeJob, meta: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        base = meta_int(meta, "attempt_base", 0)
+        known = meta.get("segments")
+        if isinstance(known, dict) and segment_children(meta):
+            if known.get("run") == base:
+                return known, False
+            known["run"] = base
+            meta["segments"] = known
+            pipe.multi()
+            _save_meta(pipe, job, meta)
+            return known, True
+        plan = {**segments, "run": base, "children": [c.id for c in children]}
+        meta["segments"] = plan
+        now = time.time()
+        tier, prio = str(meta.get("tier") or "default"), str(meta.get("priority") or "medium")
+        pipe.multi()
+        _save_meta(pipe, job, meta)
+        for child in children:
+            _enqueue(pipe, child)
+        labels = [c.args[0].get("labels") or {} for c in children]  # PARENT_LABEL, from the spec
+        submitted(
+            pipe, [(c.id, tier, prio, c.origin, la) for c, la in zip(children, labels, strict=True)], now
+        )
+        reason = f"planned {len(children)} segments"
+        pipe.rpush(
+            keys.history_key(job.id), history_entry(RUNNING, RUNNING, reason, lease.node, lease.attempt)
+        )
+        return plan, False
+
+    return tuple(_fenced(conn, lease, "plan_segments", write))  # type: ignore[return-value]
+
+
+def states_of(conn: redis.Redis, job_ids: list[str]) -> list[str | None]:
+    """The lifecycle state of each job, from the state indexes (one pipelined round trip);
+    None for a job in none of them."""
+    if not job_ids:
+        return []
+    with conn.pipeline(transaction=False) as pipe:
+        for state in ALL_STATES:
+            pipe.zmscore(keys.state_index(state), job_ids)
+        scores = pipe.execute()
+    out: list[str | None] = [None] * len(job_ids)
+    for state, row in zip(ALL_STATES, scores, strict=True):
+        for i, score in enumerate(row):
+            if score is not None and (out[i] is None or state in TERMINAL):
+                out[i] = state
+    return out

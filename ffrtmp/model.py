@@ -37,8 +37,18 @@ _NAMED_RESOLUTIONS = {
 }
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _NUMBER_FIELDS = frozenset(
-    {"duration", "fps", "timeout", "max_attempts", "max_cpu_percent", "max_memory_mb", "bitrate"}
+    {
+        "duration",
+        "fps",
+        "timeout",
+        "max_attempts",
+        "max_cpu_percent",
+        "max_memory_mb",
+        "bitrate",
+        "segment_seconds",
+    }
 )
+MIN_SEGMENT_S, MAX_SEGMENT_S = 2.0, 3600.0
 
 
 def _strings(value: Any) -> list[str]:
@@ -206,6 +216,18 @@ class JobSpec(BaseModel):
         json_schema_extra={"pattern": f"^{NODE_NAME.pattern}$"},
     )
 
+    segmented: bool = Field(
+        default=False,
+        description="Encode in parallel: the input is cut into segments, each a child job run "
+        "anywhere in the fleet, then joined (file scenarios with an input file; see docs/segmented.md)",
+    )
+    segment_seconds: float | None = Field(
+        default=None,
+        ge=MIN_SEGMENT_S,
+        le=MAX_SEGMENT_S,
+        description="Target segment length for a segmented job (default: chosen from the input, 30-120 s)",
+    )
+
     @model_validator(mode="before")
     @classmethod
     def _plain_values(cls, data: Any) -> Any:
@@ -336,10 +358,32 @@ class JobSpec(BaseModel):
                 )
             if codec not in FILE_CONTAINERS[ext]:
                 raise SubmissionError("output", f"a {ext} file cannot carry {codec}")
+        self._check_segmented(preset.kind, preset.realtime)
         if self.input is None and self.duration is None and preset.realtime and out and is_url(out):
             # an endless test pattern pushed live is allowed only with a duration
             raise SubmissionError("duration", "a test-pattern live push needs a duration")
         return self
+
+    def _check_segmented(self, kind: str, realtime: bool) -> None:
+        """Where parallel segments cannot work, say so at submission."""
+        if self.segment_seconds is not None and not self.segmented:
+            raise SubmissionError("segment_seconds", "segment_seconds needs segmented: true")
+        if not self.segmented:
+            return
+        if self.segment_seconds is not None and not math.isfinite(self.segment_seconds):
+            raise SubmissionError("segment_seconds", "must be a finite number")
+        if kind == "hls":
+            raise SubmissionError(
+                "segmented", "segmented hls-ladder is not supported yet; use a file scenario"
+            )
+        if kind != "file" or realtime:
+            raise SubmissionError("segmented", f"{self.scenario} is realtime work and cannot be segmented")
+        if self.input is None or is_url(self.input):
+            raise SubmissionError("segmented", "segmented needs an input file (not a test pattern or a URL)")
+        if self.output is not None and is_url(self.output):
+            raise SubmissionError("segmented", "segmented writes a file; RTMP outputs cannot be segmented")
+        if self.node is not None:
+            raise SubmissionError("node", "a segmented job runs across the fleet; it cannot be pinned")
 
 
 def error_field(exc: ValidationError | SubmissionError) -> tuple[str | None, str]:

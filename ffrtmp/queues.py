@@ -2,7 +2,10 @@
 
 Nine plain RQ queues ``<tier>.<priority>`` in strict order, plus capability-qualified twins
 ``<tier>.<priority>.<family>`` for jobs that name a hardware encoder family, plus pinned queues
-``<tier>.<priority>@<node>`` for jobs that must run on one agent (canaries). Pinned queues are
+``<tier>.<priority>@<node>`` for jobs that must run on one agent (canaries), plus planner queues
+``<tier>.<priority>.plan`` for the parents of segmented jobs, which only an agent's planner
+slot takes (a parent waits for its segments: on a transcoding slot it could hold the very slot
+they need). Pinned queues are
 made on demand; the set of them lives in Redis (``keys.PINNED_QUEUES``) so recovery and the
 metrics find them.
 """
@@ -20,14 +23,20 @@ TIERS = ("live", "default", "batch")
 PRIORITIES = ("high", "medium", "low")
 PLAIN_QUEUES = tuple(f"{t}.{p}" for t in TIERS for p in PRIORITIES)
 FAMILIES = tuple(HW_FAMILIES)
-ALL_QUEUES = PLAIN_QUEUES + tuple(f"{q}.{f}" for q in PLAIN_QUEUES for f in FAMILIES)
+PLAN = "plan"
+PLAN_QUEUES = tuple(f"{q}.{PLAN}" for q in PLAIN_QUEUES)
+ALL_QUEUES = PLAIN_QUEUES + tuple(f"{q}.{f}" for q in PLAIN_QUEUES for f in FAMILIES) + PLAN_QUEUES
 
 
 PIN = "@"
 
 
-def queue_for(tier: str, priority: str, hwaccel: str, node: str | None = None) -> str:
+def queue_for(
+    tier: str, priority: str, hwaccel: str, node: str | None = None, *, planner: bool = False
+) -> str:
     base = f"{tier}.{priority}"
+    if planner:
+        return f"{base}.{PLAN}"
     if node:
         return f"{base}{PIN}{node}"
     return f"{base}.{hwaccel}" if hwaccel in HW_FAMILIES else base
@@ -56,6 +65,11 @@ def slot_queues(capabilities: Iterable[str], live_only: bool, node: str | None =
             out.extend(f"{tier}.{prio}.{f}" for f in caps)
             out.append(f"{tier}.{prio}")
     return out
+
+
+def planner_queues() -> list[str]:
+    """The queues a planner slot listens on, in strict priority order."""
+    return list(PLAN_QUEUES)
 
 
 def queues_in_use(conn: redis.Redis) -> list[str]:

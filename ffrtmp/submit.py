@@ -23,6 +23,7 @@ from .queues import queue_for
 from .rqjob import TRANSCODE_FUNC, SafeJob, rq_queue
 
 MAX_BATCH = 1000
+PARENT_LABEL = lifecycle.PARENT_LABEL
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,7 @@ def _enqueue(
 ) -> SafeJob:
     """Queue RQ's job in ``pipe`` (the lifecycle's records are written for the whole batch)."""
     timeout = effective_timeout(spec, defaults.default_timeout_s)
-    qname = queue_for(spec.queue, spec.priority, spec.hwaccel, spec.node)
+    qname = queue_for(spec.queue, spec.priority, spec.hwaccel, spec.node, planner=spec.segmented)
     meta = {
         "schema": keys.SCHEMA_VERSION,
         "state": lifecycle.QUEUED,
@@ -115,6 +116,41 @@ def _enqueue(
     if spec.node:
         pipe.sadd(keys.PINNED_QUEUES, qname)
     return job
+
+
+def segment_jobs(
+    conn: redis.Redis, parent: SafeJob, spec: JobSpec, places: list[dict[str, Any]]
+) -> list[SafeJob]:
+    """The child jobs of a segmented job, one per place (``{"index", "start", "end"}``), made
+    (not saved: ``lifecycle.plan_segments`` enqueues them under the parent's lease). Each is an
+    ordinary job of the parent's class with the parent's budget; its spec is the parent's
+    without the segmentation, its place the job function's second argument."""
+    meta = parent.meta if isinstance(parent.meta, dict) else {}
+    child_spec = spec.model_dump(mode="json", exclude_none=True)
+    for drop in ("segmented", "segment_seconds", "callback_url"):
+        child_spec.pop(drop, None)
+    child_spec["labels"] = {PARENT_LABEL: parent.id}  # its listing: ?label=ffrtmp.parent=<id>
+    child_spec["overwrite"] = True  # a segment's file is only ever its own attempts'
+    qname = queue_for(spec.queue, spec.priority, spec.hwaccel)
+    child_meta = {
+        "schema": keys.SCHEMA_VERSION,
+        "state": lifecycle.QUEUED,
+        "attempt": 0,
+        **{k: meta[k] for k in ("max_attempts", "timeout", "cancel_grace", "tier", "priority") if k in meta},
+    }
+    return [
+        rq_queue(qname, conn).create_job(
+            TRANSCODE_FUNC,
+            args=[child_spec, {**place, "parent": parent.id}],
+            job_id=keys.child_id(parent.id, int(place["index"])),
+            description=f"{spec.scenario} {parent.id} segment {place['index']}",
+            timeout=parent.timeout,
+            result_ttl=parent.result_ttl,
+            failure_ttl=parent.failure_ttl,
+            meta=dict(child_meta),
+        )
+        for place in places
+    ]
 
 
 def submit_many(

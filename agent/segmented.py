@@ -1,0 +1,304 @@
+"""A segmented job's attempt, on a planner slot: it cuts the input into segments, has the
+lifecycle enqueue one child job per segment (ordinary jobs, run anywhere in the fleet), follows
+them under its own lease (progress is their sum; cancel and timeout reach them all; a segment
+that fails for good fails the job with its reason), then joins them exactly as a single-node
+job writes its output: FFmpeg under the run supervisor, a temporary name, ffprobe's check, the
+publish. Every write goes through ``ffrtmp.lifecycle``: a fenced attempt changes nothing.
+
+Another attempt of the same job (its agent died, a manual retry) finds the plan recorded and
+the segments where they are: it re-plans nothing and re-encodes only what did not complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from pydantic import ValidationError
+
+from ffrtmp import keys, lifecycle, submit, timing
+from ffrtmp.jobs import get_view
+from ffrtmp.lifecycle import Ending, Lease
+from ffrtmp.model import JobSpec
+from ffrtmp.rundir import RunDir, remove_path
+
+from . import segments
+from .attempt import Attempt, Fenced
+from .pipeline import AgentContext, Plan, PlanError, build_join_plan, file_output, resolve_input
+from .publish import taken
+from .runner import spawn_detached
+from .verify import media_duration
+
+FAILED = frozenset({"failed", "rejected", "timed_out", "canceled"})
+POLL_S = 1.0
+SETTLE_S = 60.0  # beyond the grace: how long canceled segments get to end before the job does
+
+
+class MalformedJob(Exception):
+    """The job's record cannot be run as any kind of attempt."""
+
+
+@dataclass
+class Follow:
+    """What following the segments found: all completed (``end`` None), or how the job ends."""
+
+    end: Ending | None
+    children: list[str]
+
+
+class SegmentedAttempt(Attempt):
+    def run(self) -> None:
+        try:
+            spec = JobSpec.model_validate(self.spec_dict)
+        except ValidationError as exc:
+            self._end(Ending("rejected", "invalid_spec", str(exc).splitlines()[0]))
+            return
+        try:
+            final, cuts, target = self._prepare(spec)
+        except PlanError as exc:
+            if exc.platform:
+                self._platform(exc.reason, exc.message)
+            else:
+                outcome = "failed" if exc.reason in ("input_not_found", "input_unreadable") else "rejected"
+                self._end(Ending(outcome, exc.reason, exc.message))
+            return
+        fields = {"output": final, "encoder": "segmented"}
+        if self._report(lifecycle.started, fields, self.tier, self._queue_wait()):
+            follow = Follow(Ending("canceled", "canceled", "canceled before it was segmented"), [])
+            follow.children = lifecycle.segment_children(self.job.meta or {})  # an earlier attempt's
+        else:
+            children = self._plan(spec, cuts, target)
+            if children is None:
+                return
+            follow = self._follow(children)
+        if follow.end is not None:
+            self._stop_children(follow.children)
+            self._remove_segments()
+            self._end(follow.end)
+            return
+        self._join(spec, len(children), cuts[-1])
+
+    # --- planning -------------------------------------------------------------------------
+    def _prepare(self, spec: JobSpec) -> tuple[str, list[float], float]:
+        """(the final output, the cut points, the target length), or PlanError."""
+        path = resolve_input(str(spec.input), self.ctx)
+        final = file_output(spec, self.job.id, self.ctx)
+        if not spec.overwrite and taken(final, self.job.id):
+            raise PlanError("output_exists", f"{final} exists (overwrite: true replaces it)")
+        known = self._recorded_cuts()
+        if known is not None:  # an earlier attempt planned it: the same cuts, whatever changed
+            return final, *known
+        duration = media_duration(path, self.ctx.ffprobe)
+        if not duration:
+            raise PlanError("input_unreadable", f"ffprobe found no duration in {spec.input}")
+        end = min(duration, spec.duration) if spec.duration else duration
+        target = spec.segment_seconds or segments.default_seconds(end)
+        try:
+            times, keyframes = segments.video_times(path, self.ctx.ffprobe)
+        except segments.CutError as exc:
+            raise PlanError("input_unreadable", str(exc)) from None
+        if not times:
+            raise PlanError("input_unreadable", f"{spec.input} has no video packets to cut")
+        return final, segments.plan_cuts(times, keyframes, end, target), target
+
+    def _plan(self, spec: JobSpec, cuts: list[float], target: float) -> list[str] | None:
+        """Record the plan and enqueue the segments (once per job); None if the job ended."""
+        places = segments.places(cuts)
+        jobs = submit.segment_jobs(self.conn, self.job, spec, places)
+        plan = {"cuts": cuts, "seconds": round(target, 3), "count": len(places)}
+        try:
+            recorded, rerun = self._report(lifecycle.plan_segments, plan, jobs)
+        except redis.exceptions.NoPermissionError as exc:
+            self._platform("redis_acl", f"this agent may not enqueue segments ({exc}): re-run site.yml")
+            return None
+        children = lifecycle.segment_children({"segments": recorded})
+        if rerun:  # a manual retry of the job: its segments that ended badly run again
+            states = lifecycle.states_of(self.conn, children)
+            for child, state in zip(children, states, strict=True):
+                if state in lifecycle.RETRYABLE:
+                    lifecycle.retry(self.conn, child, f"retry of {self.job.id}")
+        self.log.info("segmented into %d parts (target %.0fs)", len(children), target)
+        return children
+
+    # --- following the segments -----------------------------------------------------------
+    def _follow(self, children: list[str]) -> Follow:
+        held_at, last_save = time.time(), 0.0
+        durations = self._durations()
+        while True:
+            try:
+                held, canceled_now = lifecycle.holds(self.conn, self.lease)
+                states = lifecycle.states_of(self.conn, children)
+            except (redis.RedisError, OSError):
+                if time.time() - held_at > timing.orphan_deadline(self.ctx.heartbeat_interval):
+                    raise Fenced("the lease could not be confirmed within the orphan deadline") from None
+                time.sleep(POLL_S)
+                continue
+            if not held:
+                raise Fenced(f"the lease of attempt {self.lease.attempt} is gone")
+            held_at = time.time()
+            if canceled_now:
+                return Follow(
+                    Ending("canceled", "canceled", "canceled; its segments were canceled"), children
+                )
+            if time.time() - self.t_start > self.timeout:
+                return Follow(
+                    Ending("timed_out", "timed_out", f"not done within {self.timeout:g}s"), children
+                )
+            bad = next((i for i, s in enumerate(states) if s in FAILED), None)
+            if bad is not None:
+                return Follow(self._segment_failed(children[bad], bad, str(states[bad])), children)
+            if all(s == "completed" for s in states):
+                return Follow(None, children)
+            if time.time() - last_save >= timing.PROGRESS_SAVE_S:
+                last_save = time.time()
+                self._mirror(children, states, durations)
+            self._renew_execution()
+            time.sleep(POLL_S)
+
+    def _recorded_cuts(self) -> tuple[list[float], float] | None:
+        """(cuts, target) of the plan in the job's record (untrusted), if there is a sound one."""
+        meta = self.job.meta if isinstance(self.job.meta, dict) else {}
+        known = meta.get("segments")
+        children = lifecycle.segment_children(meta)
+        if not isinstance(known, dict) or not children or not isinstance(known.get("cuts"), list):
+            return None
+        try:
+            cuts = [float(c) for c in known["cuts"]]
+            target = float(known.get("seconds") or 0)
+        except (TypeError, ValueError):
+            return None
+        if len(cuts) != len(children) + 1 or any(b <= a for a, b in itertools.pairwise(cuts)):
+            return None
+        return cuts, target
+
+    def _durations(self) -> list[float]:
+        known = self._recorded_cuts()
+        cuts = known[0] if known else []
+        return [b - a for a, b in itertools.pairwise(cuts)]
+
+    def _mirror(self, children: list[str], states: list[str | None], durations: list[float]) -> None:
+        """The job's progress: the seconds encoded over all its segments."""
+        if len(durations) != len(children):
+            durations = self._durations()
+        with self.conn.pipeline(transaction=False) as pipe:
+            for child in children:
+                pipe.get(keys.progress_key(child))
+            raws = pipe.execute()
+        done = 0.0
+        for state, raw, length in zip(states, raws, durations, strict=False):
+            if state == "completed":
+                done += length
+            elif raw:
+                with contextlib.suppress(ValueError, TypeError, AttributeError):
+                    done += min(length, max(0.0, float(json.loads(raw).get("out_time_s") or 0)))
+        total = sum(durations) or 1.0
+        data = {
+            "out_time_s": round(done, 3),
+            "percent": round(min(100.0, 100 * done / total), 1),
+            "segments": len(children),
+            "segments_done": sum(1 for s in states if s == "completed"),
+            "segments_running": sum(1 for s in states if s == "running"),
+        }
+        with contextlib.suppress(redis.RedisError, OSError):
+            if not lifecycle.progress(self.conn, self.lease, data):
+                raise Fenced("progress refused: the lease moved")
+
+    def _segment_failed(self, child: str, index: int, state: str) -> Ending:
+        view = get_view(self.conn, child) or {}
+        err = view.get("error") if isinstance(view.get("error"), dict) else {}
+        reason = str(err.get("reason") or state)
+        message = f"segment {index} ({child}) ended {state}: {err.get('message') or reason}"
+        outcome = "failed" if state != "timed_out" else "timed_out"
+        return Ending(outcome, reason, message[:2000])
+
+    def _stop_children(self, children: list[str]) -> None:
+        """Cancel every segment still waiting or running, and wait (bounded) until they end."""
+        for child in children:
+            with contextlib.suppress(redis.RedisError):
+                lifecycle.cancel(self.conn, child, f"parent {self.job.id}")
+        deadline = time.monotonic() + self.grace + SETTLE_S
+        while time.monotonic() < deadline:
+            with contextlib.suppress(redis.RedisError):
+                if all(s in lifecycle.TERMINAL for s in lifecycle.states_of(self.conn, children)):
+                    return
+            self._renew_execution()
+            time.sleep(POLL_S)
+        self.log.warning("segments still running after the cancel; the sweep removes their files")
+
+    def _remove_segments(self) -> None:
+        with contextlib.suppress(OSError, IndexError):
+            remove_path(segments.segment_dir(self.ctx.output_roots[0], self.job.id))
+
+    # --- the join -------------------------------------------------------------------------
+    def _join_plan(self, spec: JobSpec, count: int, seconds: float) -> Plan:
+        directory = segments.segment_dir(self.ctx.output_roots[0], self.job.id)
+        missing = segments.missing_segments(directory, count)
+        if missing:
+            raise PlanError(
+                "segments_not_shared",
+                f"segment {missing[0]} is not in {directory} on {self.ctx.node}: a segmented job "
+                "needs the output root on storage every agent shares",
+            )
+        concat = segments.write_list(directory, count)
+        return build_join_plan(spec, self.job.id, self.lease.attempt, self.ctx, concat, seconds)
+
+    def _join(self, spec: JobSpec, count: int, seconds: float) -> None:
+        try:
+            plan = self._join_plan(spec, count, seconds)
+        except (PlanError, OSError) as exc:
+            reason = getattr(exc, "reason", "segments_unreadable")
+            self._end(Ending("failed", reason, getattr(exc, "message", str(exc))))
+            self._remove_segments()
+            return
+        self.rd = RunDir.create(
+            self.ctx.work_dir, self.job.id, self.lease.attempt, self.lease.execution, self.lease.token
+        )
+        self._note_input(spec, plan)
+        self.runner_pid = spawn_detached(
+            self.rd.path,
+            plan.argv,
+            orphan_after=timing.orphan_deadline(self.ctx.heartbeat_interval),
+            tmp_output=plan.tmp_output,
+        )
+        self._set_expected(spec, plan)
+        self._conclude(plan)
+        if self._ended():
+            self._remove_segments()
+
+    def _plan_again(self, spec: JobSpec) -> Plan:
+        """An adopted join (its agent restarted under it): the same plan from the record."""
+        known = self._recorded_cuts()
+        if known is None:
+            raise PlanError("segments_unreadable", "the job's record holds no sound segment plan")
+        cuts = known[0]
+        directory = segments.segment_dir(self.ctx.output_roots[0], self.job.id)
+        concat = os.path.join(directory, "list.txt")
+        return build_join_plan(spec, self.job.id, self.lease.attempt, self.ctx, concat, float(cuts[-1]))
+
+    def resume(self, rd: RunDir) -> None:
+        super().resume(rd)
+        if self._ended():
+            self._remove_segments()
+
+    def _ended(self) -> bool:
+        with contextlib.suppress(redis.RedisError):
+            return lifecycle.states_of(self.conn, [self.job.id])[0] in lifecycle.TERMINAL
+        return False
+
+
+def attempt_for(job: Any, lease: Lease, ctx: AgentContext) -> Attempt:
+    """The attempt that runs this job: a segmented job's, a segment's, or a plain one."""
+    args = job.args or ()
+    spec = args[0] if args and isinstance(args[0], dict) else {}
+    if spec.get("segmented") is True:
+        return SegmentedAttempt(job, lease, spec, ctx)
+    segment = segments.parse_place(args[1]) if len(args) > 1 else None
+    if len(args) > 1 and segment is None:
+        raise MalformedJob(f"job {job.id} has a malformed segment place")
+    return Attempt(job, lease, spec, ctx, segment)
