@@ -23,7 +23,7 @@ import pytest
 import redis
 import yaml
 
-from tests.conftest import agent_argv, free_port, make_clip, spawn_logged, wait_agent_ready
+from tests.conftest import agent_argv, ffprobe, free_port, make_clip, spawn_logged, wait_agent_ready
 
 pytestmark = pytest.mark.integration
 BIN = Path(sys.executable).parent
@@ -272,3 +272,16 @@ def test_the_lifecycle_runs_under_the_role_acls_and_the_agent_cannot_touch_what_
         with pytest.raises(redis.exceptions.NoPermissionError):
             coordinator.execute_command(*cmd)
     assert os.path.exists(stack.tmp / "redis.log")
+
+
+def test_a_segmented_job_plans_and_joins_under_the_agent_acl(stack):
+    """The planner slot enqueues the segments with the agent's own Redis user; the source's
+    keyframes (every 10 s) are too sparse for 2 s segments, so the cuts fall on frames."""
+    stack.start_agent("a1")
+    make_clip(stack.inputs / "six.mp4", 6, "320x240", 25)
+    job = stack.submit(scenario="480p-h264", input="six.mp4", segmented=True, segment_seconds=2)
+    view = stack.done(job)
+    assert view["state"] == "completed", view
+    assert view["segments"]["count"] >= 3, view["segments"]
+    out = ffprobe(view["result"]["output"])
+    assert round(float(out["format"]["duration"]), 1) == 6.0
