@@ -218,6 +218,7 @@ class JobSpec(BaseModel):
 
     segmented: bool = Field(
         default=False,
+        strict=True,  # true or false, never "yes"
         description="Encode in parallel: the input is cut into segments, each a child job run "
         "anywhere in the fleet, then joined (file scenarios with an input file; see docs/segmented.md)",
     )

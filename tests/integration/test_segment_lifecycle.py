@@ -1,0 +1,88 @@
+"""The lifecycle of a segmented job against a real Redis: the plan and its segments are
+written once, under the parent's lease only; a waiting parent's cancel reaches its segments; the
+sweep removes the segments of a job that ended whatever ended it."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from agent import segments
+from ffrtmp import keys, lifecycle
+from ffrtmp.jobs import get_view, list_views
+from ffrtmp.lifecycle import Ending, Lease, Refused
+from ffrtmp.model import validate_spec
+from ffrtmp.rqjob import fetch_job, rq_queue
+from ffrtmp.submit import SubmitDefaults, segment_jobs, submit
+
+pytestmark = pytest.mark.integration
+PLAN_Q, CHILD_Q = "default.medium.plan", "default.medium"
+CUTS = [0.0, 16.0, 32.0, 48.0, 60.0]
+
+
+def _parent(conn) -> tuple[str, Lease]:
+    spec = validate_spec({"scenario": "480p-h264", "input": "a.mp4", "segmented": True})
+    jid = submit(conn, spec, SubmitDefaults())["id"]
+    assert conn.lrem(rq_queue(PLAN_Q, conn).key, 0, jid) == 1  # it waits in a planner queue
+    claimed = lifecycle.claim(conn, jid, "ex1", "n1", "n1.plan0", 3600)
+    assert claimed is not None
+    return jid, claimed[0]
+
+
+def _plan(conn, jid: str, lease: Lease):
+    job = fetch_job(conn, jid)
+    spec = validate_spec(job.args[0])
+    children = segment_jobs(conn, job, spec, segments.places(CUTS))
+    return lifecycle.plan_segments(conn, lease, {"cuts": CUTS, "seconds": 15, "count": 4}, children)
+
+
+def test_the_plan_and_its_segments_are_written_once_under_the_lease(conn):
+    jid, lease = _parent(conn)
+    stale = Lease(jid, lease.attempt, "ex0", "n9", "n9.plan0")
+    with pytest.raises(Refused):
+        _plan(conn, jid, stale)
+    assert conn.llen(rq_queue(CHILD_Q, conn).key) == 0  # a fenced attempt enqueued nothing
+    plan, rerun = _plan(conn, jid, lease)
+    kids = [f"{jid}-s{i}" for i in range(4)]
+    assert plan["children"] == kids and not rerun
+    again, rerun = _plan(conn, jid, lease)  # a second attempt finds the plan: nothing new
+    assert again["children"] == kids and not rerun
+    assert [x.decode() for x in conn.lrange(rq_queue(CHILD_Q, conn).key, 0, -1)] == kids
+    child = get_view(conn, kids[2])
+    assert child["parent"] == jid and child["segment"] == {"index": 2, "start": 32.0, "end": 48.0}
+    assert child["spec"]["labels"] == {lifecycle.PARENT_LABEL: jid} and "segmented" not in child["spec"]
+    assert get_view(conn, jid)["segments"]["count"] == 4
+    listed, _ = list_views(conn, label=(lifecycle.PARENT_LABEL, jid))
+    assert sorted(v["id"] for v in listed) == kids
+    assert lifecycle.states_of(conn, [*kids, "jnothere234"]) == ["queued"] * 4 + [None]
+
+
+def test_a_parent_canceled_between_attempts_cancels_its_segments(conn):
+    jid, lease = _parent(conn)
+    _plan(conn, jid, lease)
+    assert lifecycle.platform_failure(conn, lease, "horse_died", "killed") == "requeued"
+    assert lifecycle.cancel(conn, jid, "op") == "canceled"
+    assert lifecycle.states_of(conn, [f"{jid}-s{i}" for i in range(4)]) == ["canceled"] * 4
+
+
+def test_the_sweep_removes_the_segments_of_an_ended_job_and_only_those(conn, tmp_path):
+    jid, lease = _parent(conn)
+    _plan(conn, jid, lease)
+    live, _ = _parent(conn)
+    for job in (jid, live):
+        d = segments.segment_dir(str(tmp_path), job)
+        os.makedirs(d)
+        open(os.path.join(d, segments.segment_name(0)), "wb").close()
+    os.makedirs(segments.segment_dir(str(tmp_path), "not-a-job"))
+    lifecycle.finish(conn, lease, Ending("failed", "agent_error", "its attempt died for good"))
+    kid = f"{jid}-s1"
+    claimed = lifecycle.claim(conn, kid, "exk", "n2", "n2.s0", 3600)
+    assert claimed is not None  # a segment still running when its parent ended
+    assert segments.sweep(conn, str(tmp_path)) == 0  # its segment is canceled first
+    assert conn.exists(keys.cancel_key(kid))
+    lifecycle.finish(conn, claimed[0], Ending("canceled", "canceled", "canceled"))
+    assert segments.sweep(conn, str(tmp_path)) == 1
+    assert not os.path.exists(segments.segment_dir(str(tmp_path), jid))
+    assert os.path.exists(segments.segment_dir(str(tmp_path), live))  # its job still runs
+    assert os.path.exists(segments.segment_dir(str(tmp_path), "not-a-job"))
