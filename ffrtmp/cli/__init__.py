@@ -305,6 +305,10 @@ def jobs() -> None:
 @click.option("--label", "labels", multiple=True, help="key=value (repeatable)")
 @click.option("--node", default=None, help="Run only on this agent (it must be up)")
 @click.option("--overwrite", is_flag=True, help="Replace the output if it exists (otherwise refused)")
+@click.option(
+    "--segmented", is_flag=True, help="Encode in parallel segments across the fleet, then join (file jobs)"
+)
+@click.option("--segment-seconds", type=float, default=None, help="Target segment length (with --segmented)")
 @click.option("--wait", "-w", is_flag=True, help="Show progress until the job ends; exit 0 only if completed")
 @click.option(
     "--from-file",
@@ -322,6 +326,7 @@ def jobs_submit(
     input_: str | None,
     output_: str | None,
     overwrite: bool,
+    segmented: bool,
     from_file: Any,
     **fields: Any,
 ) -> None:
@@ -329,6 +334,8 @@ def jobs_submit(
     body = {k: v for k, v in fields.items() if v is not None}
     if overwrite:
         body["overwrite"] = True
+    if segmented:
+        body["segmented"] = True
     if input_ is not None:
         body["input"] = input_
     if output_ is not None:
