@@ -227,3 +227,21 @@ def test_cancel_reaches_every_segment_and_leaves_nothing(stack: Stack) -> None:
     assert not ffmpeg_pids_for(job["id"]), "an FFmpeg of a canceled segment still runs"
     assert not (stack.outputs / ".ffrtmp-segments" / job["id"]).exists()
     assert not (stack.outputs / "c.mp4").exists()
+
+
+@pytest.mark.parametrize(
+    ("scenario", "codec", "output", "probe_name"),
+    [("480p-h264", "vp9", "v.webm", "vp9"), ("4k-h265", "h265", "h.mp4", "hevc")],
+)
+def test_other_codecs_join_into_their_containers(stack: Stack, scenario, codec, output, probe_name) -> None:
+    client = stack.client  # type: ignore[attr-defined]
+    make_clip(stack.inputs / "short.mp4", 12, "320x240", 30)
+    spec = {"scenario": scenario, "codec": codec, "resolution": "320x240", "fps": 30, "input": "short.mp4"}
+    job = client.post("/jobs", {**spec, "output": output, "segmented": True, "segment_seconds": 4})
+    end = wait_terminal(client, job["id"])
+    assert end["state"] == "completed", end
+    assert end["segments"]["count"] >= 3
+    video = probe_stream(stack.outputs / output, "v:0")
+    assert video["codec_name"] == probe_name and video["nb_read_packets"] == "360"
+    assert abs(video["format_duration"] - 12.0) <= 2 * FRAME_S
+    assert probe_stream(stack.outputs / output, "a:0")["codec_name"] == ("opus" if codec == "vp9" else "aac")
