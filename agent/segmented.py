@@ -110,19 +110,15 @@ class SegmentedAttempt(Attempt):
     def _plan(self, spec: JobSpec, cuts: list[float], target: float) -> list[str] | None:
         """Record the plan and enqueue the segments (once per job); None if the job ended."""
         places = segments.places(cuts)
-        jobs = submit.segment_jobs(self.conn, self.job, spec, places)
+        run = lifecycle.segment_run(self.job.meta if isinstance(self.job.meta, dict) else {})
+        jobs = submit.segment_jobs(self.conn, self.job, spec, places, run)
         plan = {"cuts": cuts, "seconds": round(target, 3), "count": len(places)}
         try:
-            recorded, rerun = self._report(lifecycle.plan_segments, plan, jobs)
+            recorded = self._report(lifecycle.plan_segments, plan, jobs)
         except redis.exceptions.NoPermissionError as exc:
             self._platform("redis_acl", f"this agent may not enqueue segments ({exc}): re-run site.yml")
             return None
         children = lifecycle.segment_children({"segments": recorded})
-        if rerun:  # a manual retry of the job: its segments that ended badly run again
-            states = lifecycle.states_of(self.conn, children)
-            for child, state in zip(children, states, strict=True):
-                if state in lifecycle.RETRYABLE:
-                    lifecycle.retry(self.conn, child, f"retry of {self.job.id}")
         self.log.info("segmented into %d parts (target %.0fs)", len(children), target)
         return children
 

@@ -26,14 +26,16 @@ class Retention:
 # --- jobs ---------------------------------------------------------------------------------
 ID_ALPHABET = "abcdefghijkmnpqrstuvwxyz23456789"  # no l/1/o/0: readable over the phone
 # What names a job: a submitted job ``j`` + 10 characters, a segment of a segmented job its
-# parent's id + ``-s<index>`` (made by the parent's attempt, deterministic so it is made once).
+# parent's id + ``-s<index>`` (``-r<run>s<index>`` after the parent's manual retries: each
+# run of a parent has segments of its own), deterministic so each is made once.
 _PARENT_ID = f"j[{ID_ALPHABET}]{{10}}"
-JOB_ID = re.compile(f"{_PARENT_ID}(?:-s[0-9]{{1,5}})?")
-_CHILD_ID = re.compile(f"{_PARENT_ID}-s[0-9]{{1,5}}")
+_SEGMENT = "-(?:r[1-9][0-9]{0,2})?s[0-9]{1,5}"
+JOB_ID = re.compile(f"{_PARENT_ID}(?:{_SEGMENT})?")
+_CHILD_ID = re.compile(f"{_PARENT_ID}{_SEGMENT}")
 
 
-def child_id(parent: str, index: int) -> str:
-    return f"{parent}-s{index}"
+def child_id(parent: str, index: int, run: int = 0) -> str:
+    return f"{parent}-{f'r{run}' if run else ''}s{index}"
 
 
 def is_child_id(job_id: str) -> bool:

@@ -711,6 +711,8 @@ def retry(conn: redis.Redis, job_id: str, requested_by: str) -> str:
             platform_failures=0,
             retry_not_before=None,
         )
+        if segment_children(meta):  # its segments' files went with its end: a new run, new segments
+            meta.update(segments=None, segment_run=segment_run(meta) + 1)
         job.meta = meta
         pipe.multi()
         FailedJobRegistry(job.origin, connection=conn).remove(job, pipeline=pipe)
@@ -769,27 +771,24 @@ def segment_children(meta: dict[str, Any]) -> list[str]:
     return [c for c in children if isinstance(c, str) and keys.is_child_id(c)]
 
 
+def segment_run(meta: dict[str, Any]) -> int:
+    """Which run of a segmented job this is (each manual retry starts one, with new segments)."""
+    return meta_int(meta, "segment_run", 0)
+
+
 def plan_segments(
     conn: redis.Redis, lease: Lease, segments: dict[str, Any], children: list[SafeJob]
-) -> tuple[dict[str, Any], bool]:
+) -> dict[str, Any]:
     """A segmented job's attempt planned its segments: record the plan and enqueue the child
-    jobs in one fenced transaction, once per job. An attempt that finds a plan recorded (an
-    earlier attempt made it) gets that one and enqueues nothing. Returns (the plan, whether
-    this is a new run of it: a manual retry since it was made, whose failed segments the
-    caller retries). Raises ``Refused`` if fenced."""
+    jobs in one fenced transaction, once per run of the job. An attempt that finds a plan
+    recorded (an earlier attempt of this run made it) gets that one and enqueues nothing.
+    Raises ``Refused`` if fenced."""
 
-    def write(pipe: Pipeline, job: SafeJob, meta: dict[str, Any]) -> tuple[dict[str, Any], bool]:
-        base = meta_int(meta, "attempt_base", 0)
+    def write(pipe: Pipeline, job: SafeJob, meta: dict[str, Any]) -> dict[str, Any]:
         known = meta.get("segments")
         if isinstance(known, dict) and segment_children(meta):
-            if known.get("run") == base:
-                return known, False
-            known["run"] = base
-            meta["segments"] = known
-            pipe.multi()
-            _save_meta(pipe, job, meta)
-            return known, True
-        plan = {**segments, "run": base, "children": [c.id for c in children]}
+            return known
+        plan = {**segments, "run": segment_run(meta), "children": [c.id for c in children]}
         meta["segments"] = plan
         now = time.time()
         tier, prio = str(meta.get("tier") or "default"), str(meta.get("priority") or "medium")
@@ -805,9 +804,9 @@ def plan_segments(
         pipe.rpush(
             keys.history_key(job.id), history_entry(RUNNING, RUNNING, reason, lease.node, lease.attempt)
         )
-        return plan, False
+        return plan
 
-    return tuple(_fenced(conn, lease, "plan_segments", write))  # type: ignore[return-value]
+    return dict(_fenced(conn, lease, "plan_segments", write))
 
 
 def states_of(conn: redis.Redis, job_ids: list[str]) -> list[str | None]:

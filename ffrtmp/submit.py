@@ -119,7 +119,7 @@ def _enqueue(
 
 
 def segment_jobs(
-    conn: redis.Redis, parent: SafeJob, spec: JobSpec, places: list[dict[str, Any]]
+    conn: redis.Redis, parent: SafeJob, spec: JobSpec, places: list[dict[str, Any]], run: int = 0
 ) -> list[SafeJob]:
     """The child jobs of a segmented job, one per place (``{"index", "start", "end"}``), made
     (not saved: ``lifecycle.plan_segments`` enqueues them under the parent's lease). Each is an
@@ -142,7 +142,7 @@ def segment_jobs(
         rq_queue(qname, conn).create_job(
             TRANSCODE_FUNC,
             args=[child_spec, {**place, "parent": parent.id}],
-            job_id=keys.child_id(parent.id, int(place["index"])),
+            job_id=keys.child_id(parent.id, int(place["index"]), run),
             description=f"{spec.scenario} {parent.id} segment {place['index']}",
             timeout=parent.timeout,
             result_ttl=parent.result_ttl,

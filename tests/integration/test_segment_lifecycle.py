@@ -33,7 +33,7 @@ def _parent(conn) -> tuple[str, Lease]:
 def _plan(conn, jid: str, lease: Lease):
     job = fetch_job(conn, jid)
     spec = validate_spec(job.args[0])
-    children = segment_jobs(conn, job, spec, segments.places(CUTS))
+    children = segment_jobs(conn, job, spec, segments.places(CUTS), lifecycle.segment_run(job.meta))
     return lifecycle.plan_segments(conn, lease, {"cuts": CUTS, "seconds": 15, "count": 4}, children)
 
 
@@ -43,11 +43,11 @@ def test_the_plan_and_its_segments_are_written_once_under_the_lease(conn):
     with pytest.raises(Refused):
         _plan(conn, jid, stale)
     assert conn.llen(rq_queue(CHILD_Q, conn).key) == 0  # a fenced attempt enqueued nothing
-    plan, rerun = _plan(conn, jid, lease)
+    plan = _plan(conn, jid, lease)
     kids = [f"{jid}-s{i}" for i in range(4)]
-    assert plan["children"] == kids and not rerun
-    again, rerun = _plan(conn, jid, lease)  # a second attempt finds the plan: nothing new
-    assert again["children"] == kids and not rerun
+    assert plan["children"] == kids
+    again = _plan(conn, jid, lease)  # a second attempt finds the plan: nothing new
+    assert again["children"] == kids
     assert [x.decode() for x in conn.lrange(rq_queue(CHILD_Q, conn).key, 0, -1)] == kids
     child = get_view(conn, kids[2])
     assert child["parent"] == jid and child["segment"] == {"index": 2, "start": 32.0, "end": 48.0}
@@ -86,3 +86,17 @@ def test_the_sweep_removes_the_segments_of_an_ended_job_and_only_those(conn, tmp
     assert not os.path.exists(segments.segment_dir(str(tmp_path), jid))
     assert os.path.exists(segments.segment_dir(str(tmp_path), live))  # its job still runs
     assert os.path.exists(segments.segment_dir(str(tmp_path), "not-a-job"))
+
+
+def test_a_manual_retry_of_a_segmented_job_starts_a_run_with_new_segments(conn):
+    """Its old segments' files went with its end: the retry plans again, under new ids."""
+    jid, lease = _parent(conn)
+    _plan(conn, jid, lease)
+    lifecycle.finish(conn, lease, Ending("failed", "output_incomplete", "segment 2 was short"))
+    assert lifecycle.retry(conn, jid, "op") == "queued"
+    assert get_view(conn, jid).get("segments") is None
+    assert conn.lrem(rq_queue(PLAN_Q, conn).key, 0, jid) == 1
+    claimed = lifecycle.claim(conn, jid, "ex2", "n1", "n1.plan0", 3600)
+    plan = _plan(conn, jid, claimed[0])
+    assert plan["children"] == [f"{jid}-r1s{i}" for i in range(4)] and plan["run"] == 1
+    assert all(keys.JOB_ID.fullmatch(c) and keys.is_child_id(c) for c in plan["children"])
