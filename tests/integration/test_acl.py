@@ -248,6 +248,8 @@ def test_the_lifecycle_runs_under_the_role_acls_and_the_agent_cannot_touch_what_
         ["RENAME", "rq:queue:default.medium", "rq:queue:x"],
         ["ZREM", "ffrtmp:jobs", pinned],
         ["DEL", "ffrtmp:jobs"],
+        ["ZREM", "ffrtmp:jobs:queue:default", pinned],  # the listing indexes: add only
+        ["DEL", "ffrtmp:jobs:labels"],
         ["SET", "ffrtmp:idempotency:" + "0" * 64, "x"],
         ["DEL", "ffrtmp:ratelimit:x"],
         ["SET", "ffrtmp:recovery:leader", "me"],
