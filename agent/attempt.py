@@ -151,11 +151,25 @@ class Attempt:
         return self.rd is None or self.rd.kill_run(timing.STOP_WAIT_S)
 
     # --- the run --------------------------------------------------------------------------
-    def run(self) -> None:
+    def _valid_spec(self) -> JobSpec | None:
+        """The job's spec, or None once the job ended rejected for it (untrusted data)."""
         try:
-            spec = JobSpec.model_validate(self.spec_dict)
+            return JobSpec.model_validate(self.spec_dict)
         except ValidationError as exc:
             self._end(Ending("rejected", "invalid_spec", str(exc).splitlines()[0]))
+            return None
+
+    def _refused(self, exc: PlanError) -> None:
+        """The job cannot run as asked: a platform failure (this node's fault) or its end."""
+        if exc.platform:
+            self._platform(exc.reason, exc.message)
+        else:
+            outcome = "failed" if exc.reason in ("input_not_found", "input_unreadable") else "rejected"
+            self._end(Ending(outcome, exc.reason, exc.message))
+
+    def run(self) -> None:
+        spec = self._valid_spec()
+        if spec is None:
             return
         try:
             if spec.input and is_url(spec.input):
@@ -172,11 +186,7 @@ class Attempt:
                 systemd_run_path(),
             )
         except PlanError as exc:
-            if exc.platform:
-                self._platform(exc.reason, exc.message)
-            else:
-                outcome = "failed" if exc.reason == "input_not_found" else "rejected"
-                self._end(Ending(outcome, exc.reason, exc.message))
+            self._refused(exc)
             return
         self.rd = RunDir.create(
             self.ctx.work_dir, self.job.id, self.lease.attempt, self.lease.execution, self.lease.token

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
-from pydantic import ValidationError
 
 from ffrtmp import keys, lifecycle, submit, timing
 from ffrtmp.jobs import get_view
@@ -54,19 +53,13 @@ class Follow:
 
 class SegmentedAttempt(Attempt):
     def run(self) -> None:
-        try:
-            spec = JobSpec.model_validate(self.spec_dict)
-        except ValidationError as exc:
-            self._end(Ending("rejected", "invalid_spec", str(exc).splitlines()[0]))
+        spec = self._valid_spec()
+        if spec is None:
             return
         try:
             final, cuts, target = self._prepare(spec)
         except PlanError as exc:
-            if exc.platform:
-                self._platform(exc.reason, exc.message)
-            else:
-                outcome = "failed" if exc.reason in ("input_not_found", "input_unreadable") else "rejected"
-                self._end(Ending(outcome, exc.reason, exc.message))
+            self._refused(exc)
             return
         fields = {"output": final, "encoder": "segmented"}
         if self._report(lifecycle.started, fields, self.tier, self._queue_wait()):
