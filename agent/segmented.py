@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -28,7 +29,8 @@ from ffrtmp.model import JobSpec
 from ffrtmp.rundir import RunDir, remove_path
 
 from . import segments
-from .attempt import Attempt, Fenced
+from .attempt import Attempt, Fenced, remove_stale_parts
+from .limits import apply_limits, systemd_run_path
 from .pipeline import AgentContext, Plan, PlanError, build_join_plan, file_output, resolve_input
 from .publish import taken
 from .runner import spawn_detached
@@ -71,9 +73,14 @@ class SegmentedAttempt(Attempt):
                 return
             follow = self._follow(children)
         if follow.end is not None:
+            # only while the lease is ours (a stale attempt cancels nothing), the end fenced,
+            # then the wait for the segments and the removal of their files
+            if not self._report(lifecycle.holds)[0]:
+                raise Fenced(f"the lease of attempt {self.lease.attempt} is gone")
+            self._cancel_children(follow.children)
+            self._end(follow.end)
             self._stop_children(follow.children)
             self._remove_segments()
-            self._end(follow.end)
             return
         self._join(spec, len(children), cuts[-1])
 
@@ -102,9 +109,8 @@ class SegmentedAttempt(Attempt):
 
     def _plan(self, spec: JobSpec, cuts: list[float], target: float) -> list[str] | None:
         """Record the plan and enqueue the segments (once per job); None if the job ended."""
-        places = segments.places(cuts)
-        run = lifecycle.segment_run(self.job.meta if isinstance(self.job.meta, dict) else {})
-        jobs = submit.segment_jobs(self.conn, self.job, spec, places, run)
+        places = segments.places(cuts, self._run)
+        jobs = submit.segment_jobs(self.conn, self.job, spec, places, self._run)
         plan = {"cuts": cuts, "seconds": round(target, 3), "count": len(places)}
         try:
             recorded = self._report(lifecycle.plan_segments, plan, jobs)
@@ -112,6 +118,11 @@ class SegmentedAttempt(Attempt):
             self._platform("redis_acl", f"this agent may not enqueue segments ({exc}): re-run site.yml")
             return None
         children = lifecycle.segment_children({"segments": recorded})
+        if not children or len(children) != len(recorded.get("children") or ()):
+            self._end(
+                Ending("failed", "segments_unreadable", "the job's segment plan names no sound segments")
+            )
+            return None
         self.log.info("segmented into %d parts (target %.0fs)", len(children), target)
         return children
 
@@ -162,7 +173,8 @@ class SegmentedAttempt(Attempt):
             target = float(known.get("seconds") or 0)
         except (TypeError, ValueError):
             return None
-        if len(cuts) != len(children) + 1 or any(b <= a for a, b in itertools.pairwise(cuts)):
+        sound = all(math.isfinite(c) and 0 <= c < 1e7 for c in cuts) and cuts[:1] == [0.0]
+        if not sound or len(cuts) != len(children) + 1 or any(b <= a for a, b in itertools.pairwise(cuts)):
             return None
         return cuts, target
 
@@ -175,10 +187,13 @@ class SegmentedAttempt(Attempt):
         """The job's progress: the seconds encoded over all its segments."""
         if len(durations) != len(children):
             durations = self._durations()
-        with self.conn.pipeline(transaction=False) as pipe:
-            for child in children:
-                pipe.get(keys.progress_key(child))
-            raws = pipe.execute()
+        try:
+            with self.conn.pipeline(transaction=False) as pipe:
+                for child in children:
+                    pipe.get(keys.progress_key(child))
+                raws = pipe.execute()
+        except (redis.RedisError, OSError):
+            return  # a blip: next time
         done = 0.0
         for state, raw, length in zip(states, raws, durations, strict=False):
             if state == "completed":
@@ -199,34 +214,52 @@ class SegmentedAttempt(Attempt):
                 raise Fenced("progress refused: the lease moved")
 
     def _segment_failed(self, child: str, index: int, state: str) -> Ending:
-        view = get_view(self.conn, child) or {}
+        try:
+            view = get_view(self.conn, child) or {}
+        except (redis.RedisError, OSError):
+            view = {}  # the reason is then the state it ended in
         err = view.get("error") if isinstance(view.get("error"), dict) else {}
         reason = str(err.get("reason") or state)
         message = f"segment {index} ({child}) ended {state}: {err.get('message') or reason}"
         outcome = "failed" if state != "timed_out" else "timed_out"
         return Ending(outcome, reason, message[:2000])
 
+    def _cancel_children(self, children: list[str]) -> None:
+        for child in children:
+            with contextlib.suppress(redis.RedisError, OSError):
+                lifecycle.cancel(self.conn, child, f"parent {self.job.id}")
+
     def _stop_children(self, children: list[str]) -> None:
         """Cancel every segment still waiting or running, and wait (bounded) until they end."""
-        for child in children:
-            with contextlib.suppress(redis.RedisError):
-                lifecycle.cancel(self.conn, child, f"parent {self.job.id}")
+        self._cancel_children(children)
         deadline = time.monotonic() + self.grace + SETTLE_S
         while time.monotonic() < deadline:
             with contextlib.suppress(redis.RedisError):
                 if all(s in lifecycle.TERMINAL for s in lifecycle.states_of(self.conn, children)):
                     return
-            self._renew_execution()
             time.sleep(POLL_S)
         self.log.warning("segments still running after the cancel; the sweep removes their files")
 
+    @property
+    def _run(self) -> int:
+        return lifecycle.segment_run(self.job.meta if isinstance(self.job.meta, dict) else {})
+
+    def _run_dir(self) -> str:
+        if not self.ctx.output_roots:
+            raise PlanError(
+                "output_root_missing", f"no output root is configured on {self.ctx.node}", platform=True
+            )
+        return segments.run_dir(self.ctx.output_roots[0], self.job.id, self._run)
+
     def _remove_segments(self) -> None:
-        with contextlib.suppress(OSError, IndexError):
-            remove_path(segments.segment_dir(self.ctx.output_roots[0], self.job.id))
+        """This run's segments (another run's are its own; the sweep takes what is left)."""
+        with contextlib.suppress(OSError, PlanError):
+            remove_path(self._run_dir())
+            os.rmdir(os.path.dirname(self._run_dir()))  # the job's, once no other run is in it
 
     # --- the join -------------------------------------------------------------------------
     def _join_plan(self, spec: JobSpec, count: int, seconds: float) -> Plan:
-        directory = segments.segment_dir(self.ctx.output_roots[0], self.job.id)
+        directory = self._run_dir()
         missing = segments.missing_segments(directory, count)
         if missing:
             raise PlanError(
@@ -245,9 +278,18 @@ class SegmentedAttempt(Attempt):
             self._end(Ending("failed", reason, getattr(exc, "message", str(exc))))
             self._remove_segments()
             return
+        plan.argv = apply_limits(
+            plan.argv,
+            self.job.id,
+            self.lease.attempt,
+            spec.max_cpu_percent,
+            spec.max_memory_mb,
+            systemd_run_path(),
+        )
         self.rd = RunDir.create(
             self.ctx.work_dir, self.job.id, self.lease.attempt, self.lease.execution, self.lease.token
         )
+        remove_stale_parts(plan, self.job.id, self.lease.attempt)  # an earlier join's leftovers
         self._note_input(spec, plan)
         self.runner_pid = spawn_detached(
             self.rd.path,
@@ -266,8 +308,7 @@ class SegmentedAttempt(Attempt):
         if known is None:
             raise PlanError("segments_unreadable", "the job's record holds no sound segment plan")
         cuts = known[0]
-        directory = segments.segment_dir(self.ctx.output_roots[0], self.job.id)
-        concat = os.path.join(directory, "list.txt")
+        concat = os.path.join(self._run_dir(), "list.txt")
         return build_join_plan(spec, self.job.id, self.lease.attempt, self.ctx, concat, float(cuts[-1]))
 
     def resume(self, rd: RunDir) -> None:
@@ -286,8 +327,10 @@ def attempt_for(job: Any, lease: Lease, ctx: AgentContext) -> Attempt:
     args = job.args or ()
     spec = args[0] if args and isinstance(args[0], dict) else {}
     if spec.get("segmented") is True:
+        if not keys.JOB_ID.fullmatch(job.id) or keys.is_child_id(job.id):
+            raise MalformedJob(f"job {job.id!r} cannot be a segmented job")  # it names directories
         return SegmentedAttempt(job, lease, spec, ctx)
-    segment = segments.parse_place(args[1]) if len(args) > 1 else None
+    segment = segments.parse_place(job.id, args[1]) if len(args) > 1 else None
     if len(args) > 1 and segment is None:
         raise MalformedJob(f"job {job.id} has a malformed segment place")
     return Attempt(job, lease, spec, ctx, segment)

@@ -3,12 +3,16 @@ root, where the input is cut, the concat list the join reads, and the sweep that
 finished segmented job left behind.
 
 Layout (the output root must be the same shared storage on every agent):
-``<output root>/.ffrtmp-segments/<parent id>/s<index>.mp4`` for the encoded segments (MP4:
-other intermediates shift timestamps at the joins), ``list.txt`` beside them for the join.
+``<output root>/.ffrtmp-segments/<parent id>/r<run>/s<index>.mp4`` for the encoded segments
+(MP4: other intermediates shift timestamps at the joins), ``list.txt`` beside them for the
+join. Each run of a job (a manual retry starts one) has its own directory, so a late segment of
+an earlier run can never be joined into a later one. User outputs may not name that directory
+(``ffrtmp.model``).
 """
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import logging
 import os
@@ -18,6 +22,7 @@ import time
 import redis
 
 from ffrtmp import keys, lifecycle
+from ffrtmp.model import RESERVED_OUTPUT_DIR
 from ffrtmp.rqjob import fetch_job
 from ffrtmp.rundir import remove_path
 
@@ -25,8 +30,9 @@ from .pipeline import Segment, input_guard
 
 log = logging.getLogger("ffrtmp.agent.segments")
 
-SEGMENTS_DIR = ".ffrtmp-segments"
+SEGMENTS_DIR = RESERVED_OUTPUT_DIR
 MIN_AUTO_S, MAX_AUTO_S = 30.0, 120.0
+MAX_SEGMENTS = 1000  # a longer input gets longer segments
 ORPHAN_AGE_S = 3600.0  # a segment directory whose job is gone is removed once this old
 
 
@@ -34,34 +40,43 @@ class CutError(Exception):
     """The input cannot be planned (ffprobe could not read it)."""
 
 
-def parse_place(raw: object) -> Segment | None:
+def parse_place(job_id: str, raw: object) -> Segment | None:
     """A segment job's place (its job function's second argument, untrusted): None unless it
-    is well formed."""
+    is well formed and names this very job (a job cannot write another job's segment)."""
     if not isinstance(raw, dict):
         return None
     parent, i, s, e = raw.get("parent"), raw.get("index"), raw.get("start"), raw.get("end")
+    run = raw.get("run", 0)
+    if not (isinstance(run, int) and not isinstance(run, bool) and 0 <= run < 1_000_000):
+        return None
     nums = all(isinstance(x, int | float) and not isinstance(x, bool) for x in (s, e))
     if not (isinstance(parent, str) and keys.JOB_ID.fullmatch(parent) and not keys.is_child_id(parent)):
         return None
     if not (isinstance(i, int) and not isinstance(i, bool) and 0 <= i < 100_000 and nums):
         return None
     start, end = float(s), float(e)  # type: ignore[arg-type]
-    if not 0 <= start < end < 1e7:
+    if not 0 <= start < end < 1e7 or job_id != keys.child_id(parent, i, run):
         return None
-    return Segment(parent, i, start, end, relative_path(parent, i))
+    return Segment(parent, i, start, end, relative_path(parent, i, run))
 
 
 def segment_dir(output_root: str, parent_id: str) -> str:
+    """A job's segments, all its runs (what the sweep removes)."""
     return os.path.join(output_root, SEGMENTS_DIR, parent_id)
+
+
+def run_dir(output_root: str, parent_id: str, run: int) -> str:
+    """The segments of one run of a job (what its join reads)."""
+    return os.path.join(segment_dir(output_root, parent_id), f"r{run}")
 
 
 def segment_name(index: int) -> str:
     return f"s{index:05d}.mp4"
 
 
-def relative_path(parent_id: str, index: int) -> str:
+def relative_path(parent_id: str, index: int, run: int = 0) -> str:
     """A segment's file, relative to the output root."""
-    return os.path.join(SEGMENTS_DIR, parent_id, segment_name(index))
+    return os.path.join(SEGMENTS_DIR, parent_id, f"r{run}", segment_name(index))
 
 
 def default_seconds(duration: float) -> float:
@@ -99,18 +114,20 @@ def plan_cuts(times: list[float], keyframes: list[float], end: float, target: fl
     too long to use) at the source frame nearest the target, which the encode turns into a
     keyframe anyway (each segment starts its own encoder). A last piece shorter than a quarter
     target joins the one before it."""
+    target = max(target, end / MAX_SEGMENTS)
     first = min(times) if times else 0.0
-    keys_ = [k - first for k in keyframes]
-    frames = [t - first for t in times]
+    keys_ = sorted(k - first for k in keyframes)
+    frames = sorted(t - first for t in times)
     cuts = [0.0]
     while end - cuts[-1] > target * 1.25:
         want = cuts[-1] + target
-        near = [k for k in keys_ if want <= k <= want + target / 2 and k < end]
-        if near:
-            cut = near[0]
-        else:
-            cands = [t for t in frames if cuts[-1] < t < end]
-            cut = min(cands, key=lambda t: abs(t - want)) if cands else want
+        k = bisect.bisect_left(keys_, want)
+        if k < len(keys_) and keys_[k] <= want + target / 2 and keys_[k] < end:
+            cut = keys_[k]
+        else:  # the source frame nearest the target
+            f = bisect.bisect_left(frames, want)
+            near = [t for t in frames[max(0, f - 1) : f + 1] if cuts[-1] < t < end]
+            cut = min(near, key=lambda t: abs(t - want)) if near else want
         if cut <= cuts[-1] or end - cut < target / 4:
             break
         cuts.append(round(cut, 6))
@@ -118,9 +135,9 @@ def plan_cuts(times: list[float], keyframes: list[float], end: float, target: fl
     return cuts
 
 
-def places(cuts: list[float]) -> list[dict[str, float | int]]:
-    """The child jobs' places (``{"index", "start", "end"}``) between consecutive cuts."""
-    return [{"index": i, "start": cuts[i], "end": cuts[i + 1]} for i in range(len(cuts) - 1)]
+def places(cuts: list[float], run: int = 0) -> list[dict[str, float | int]]:
+    """The child jobs' places (``{"index", "start", "end", "run"}``) between consecutive cuts."""
+    return [{"index": i, "start": cuts[i], "end": cuts[i + 1], "run": run} for i in range(len(cuts) - 1)]
 
 
 def write_list(directory: str, count: int) -> str:

@@ -29,7 +29,7 @@ ID_ALPHABET = "abcdefghijkmnpqrstuvwxyz23456789"  # no l/1/o/0: readable over th
 # parent's id + ``-s<index>`` (``-r<run>s<index>`` after the parent's manual retries: each
 # run of a parent has segments of its own), deterministic so each is made once.
 _PARENT_ID = f"j[{ID_ALPHABET}]{{10}}"
-_SEGMENT = "-(?:r[1-9][0-9]{0,2})?s[0-9]{1,5}"
+_SEGMENT = "-(?:r[1-9][0-9]{0,5})?s[0-9]{1,5}"
 JOB_ID = re.compile(f"{_PARENT_ID}(?:{_SEGMENT})?")
 _CHILD_ID = re.compile(f"{_PARENT_ID}{_SEGMENT}")
 

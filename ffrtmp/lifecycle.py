@@ -711,7 +711,8 @@ def retry(conn: redis.Redis, job_id: str, requested_by: str) -> str:
             platform_failures=0,
             retry_not_before=None,
         )
-        if segment_children(meta):  # its segments' files went with its end: a new run, new segments
+        old_run[:] = segment_children(meta)
+        if old_run:  # its segments' files went with its end: a new run, new segments
             meta.update(segments=None, segment_run=segment_run(meta) + 1)
         job.meta = meta
         pipe.multi()
@@ -728,7 +729,11 @@ def retry(conn: redis.Redis, job_id: str, requested_by: str) -> str:
         _set_state(pipe, job_id, state, QUEUED, time.time())
         return "queued"
 
-    return str(_transact(conn, job_id, body))
+    old_run: list[str] = []
+    out = str(_transact(conn, job_id, body))
+    for child in old_run if out == "queued" else []:  # the earlier run's, if any still wait
+        cancel(conn, child, f"{requested_by} (retry of {job_id})")
+    return out
 
 
 def submitted(pipe: Pipeline, jobs: list[tuple[str, str, str, str, dict[str, str]]], now: float) -> str:

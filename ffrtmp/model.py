@@ -49,6 +49,7 @@ _NUMBER_FIELDS = frozenset(
     }
 )
 MIN_SEGMENT_S, MAX_SEGMENT_S = 2.0, 3600.0
+RESERVED_OUTPUT_DIR = ".ffrtmp-segments"  # segmented jobs' intermediates (agent.segments)
 
 
 def _strings(value: Any) -> list[str]:
@@ -277,6 +278,8 @@ class JobSpec(BaseModel):
             return v
         if is_url(v):
             return check_url(v, "output", OUTPUT_SCHEMES)
+        if RESERVED_OUTPUT_DIR in v.split("/"):
+            raise ValueError(f"output must not name {RESERVED_OUTPUT_DIR}/ (segmented jobs' own)")
         return check_path(v, "output")
 
     @field_validator("bitrate")

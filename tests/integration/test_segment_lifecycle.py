@@ -33,7 +33,8 @@ def _parent(conn) -> tuple[str, Lease]:
 def _plan(conn, jid: str, lease: Lease):
     job = fetch_job(conn, jid)
     spec = validate_spec(job.args[0])
-    children = segment_jobs(conn, job, spec, segments.places(CUTS), lifecycle.segment_run(job.meta))
+    run = lifecycle.segment_run(job.meta)
+    children = segment_jobs(conn, job, spec, segments.places(CUTS, run), run)
     return lifecycle.plan_segments(conn, lease, {"cuts": CUTS, "seconds": 15, "count": 4}, children)
 
 
@@ -71,7 +72,7 @@ def test_the_sweep_removes_the_segments_of_an_ended_job_and_only_those(conn, tmp
     _plan(conn, jid, lease)
     live, _ = _parent(conn)
     for job in (jid, live):
-        d = segments.segment_dir(str(tmp_path), job)
+        d = segments.run_dir(str(tmp_path), job, 0)
         os.makedirs(d)
         open(os.path.join(d, segments.segment_name(0)), "wb").close()
     os.makedirs(segments.segment_dir(str(tmp_path), "not-a-job"))
@@ -99,4 +100,6 @@ def test_a_manual_retry_of_a_segmented_job_starts_a_run_with_new_segments(conn):
     claimed = lifecycle.claim(conn, jid, "ex2", "n1", "n1.plan0", 3600)
     plan = _plan(conn, jid, claimed[0])
     assert plan["children"] == [f"{jid}-r1s{i}" for i in range(4)] and plan["run"] == 1
+    old = [f"{jid}-s{i}" for i in range(4)]
+    assert lifecycle.states_of(conn, old) == ["canceled"] * 4  # the earlier run's never run now
     assert all(keys.JOB_ID.fullmatch(c) and keys.is_child_id(c) for c in plan["children"])

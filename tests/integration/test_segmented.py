@@ -218,14 +218,23 @@ def test_cancel_reaches_every_segment_and_leaves_nothing(stack: Stack) -> None:
     client.post(f"/jobs/{job['id']}/cancel")
     end = wait_terminal(client, job["id"], timeout=180)
     assert end["state"] == "canceled", end
-    kids = children_of(client, end)
+    deadline = time.monotonic() + 60  # the segments end within their grace
+    while time.monotonic() < deadline:
+        kids = children_of(client, end)
+        if all(k["state"] in TERMINAL for k in kids):
+            break
+        time.sleep(0.3)
     assert all(k["state"] in ("canceled", "completed") for k in kids), [k["state"] for k in kids]
     assert any(k["state"] == "canceled" for k in kids)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and ffmpeg_pids_for(job["id"]):
         time.sleep(0.2)
     assert not ffmpeg_pids_for(job["id"]), "an FFmpeg of a canceled segment still runs"
-    assert not (stack.outputs / ".ffrtmp-segments" / job["id"]).exists()
+    left = stack.outputs / ".ffrtmp-segments" / job["id"]
+    deadline = time.monotonic() + 30  # the parent removes them once its segments have ended
+    while time.monotonic() < deadline and left.exists():
+        time.sleep(0.2)
+    assert not left.exists()
     assert not (stack.outputs / "c.mp4").exists()
 
 

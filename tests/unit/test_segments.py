@@ -25,6 +25,8 @@ FILE = {"scenario": "720p-h264", "input": "a.mp4", "segmented": True}
         ({"segment_seconds": 7200}, "segment_seconds"),
         ({"segment_seconds": True}, "segment_seconds"),
         ({"segmented": "yes"}, "segmented"),
+        ({"output": ".ffrtmp-segments/jabcdefghij/r0/s00001.mp4"}, "output"),
+        ({"output": "/srv/out/.ffrtmp-segments/x.mp4", "segmented": False}, "output"),
     ],
 )
 def test_segmented_is_refused_where_it_cannot_work(extra, field):
@@ -70,8 +72,11 @@ def test_default_segment_length_follows_the_input():
 
 def test_a_place_is_read_as_untrusted():
     good = {"parent": "jabcdefghij", "index": 2, "start": 10.0, "end": 20.5}
-    seg = segments.parse_place(good)
-    assert seg is not None and seg.path == ".ffrtmp-segments/jabcdefghij/s00002.mp4"
+    seg = segments.parse_place("jabcdefghij-s2", good)
+    assert seg is not None and seg.path == ".ffrtmp-segments/jabcdefghij/r0/s00002.mp4"
+    again = segments.parse_place("jabcdefghij-r3s2", {**good, "run": 3})
+    assert again is not None and again.path == ".ffrtmp-segments/jabcdefghij/r3/s00002.mp4"
+    assert segments.parse_place("jzzzzzzzzzz-s2", good) is None  # another job's segment: never
     for bad in (
         None,
         [],
@@ -82,8 +87,10 @@ def test_a_place_is_read_as_untrusted():
         {**good, "start": 30.0},
         {**good, "end": "20"},
         {**good, "start": float("nan")},
+        {**good, "run": -1},
+        {**good, "run": "1"},
     ):
-        assert segments.parse_place(bad) is None, bad
+        assert segments.parse_place("jabcdefghij-s2", bad) is None, bad
 
 
 def test_segment_ids_name_their_parent():
@@ -100,12 +107,20 @@ def test_a_segment_encodes_its_range_without_audio_and_the_join_copies(tmp_path)
         "n1", [str(tmp_path / "in")], [str(tmp_path / "out")], str(tmp_path), {"libx264": True}
     )
     spec = validate_spec({**FILE, "output": "final.mp4"})
-    seg = segments.parse_place({"parent": "jabcdefghij", "index": 1, "start": 16.0, "end": 32.0})
+    seg = segments.parse_place(
+        "jabcdefghij-s1", {"parent": "jabcdefghij", "index": 1, "start": 16.0, "end": 32.0}
+    )
     plan = build_plan(spec, "jabcdefghij-s1", 1, ctx, seg)
     argv = plan.argv
     assert argv[argv.index("-ss") + 1] == "16.000000" and argv.index("-ss") < argv.index("-i")
     assert "-an" in argv and argv[argv.index("-t") + 1] == "16.000000"
-    assert plan.final_output.endswith(".ffrtmp-segments/jabcdefghij/s00001.mp4")
+    assert plan.final_output.endswith(".ffrtmp-segments/jabcdefghij/r0/s00001.mp4")
     join = build_join_plan(spec, "jabcdefghij", 1, ctx, str(tmp_path / "list.txt"), 60.0)
     assert join.argv[join.argv.index("-c:v") + 1] == "copy" and "concat" in join.argv
     assert join.final_output == str(tmp_path / "out" / "final.mp4") and join.tmp_output != join.final_output
+
+
+def test_a_very_long_input_gets_longer_segments_not_more_than_the_cap():
+    frames = [i * 1.0 for i in range(200_000)]
+    cuts = segments.plan_cuts(frames, frames, 200_000.0, 2.0)
+    assert len(cuts) - 1 <= segments.MAX_SEGMENTS
