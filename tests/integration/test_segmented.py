@@ -27,9 +27,11 @@ SPEC = {"scenario": "480p-h264", "resolution": "640x360", "bitrate": "1000k", "f
 FRAME_S = 1 / 30
 
 
-@pytest.fixture()
-def stack(tmp_path: Path):
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory):
+    """One fleet for the module (each test names its own outputs)."""
     require("ffprobe")
+    tmp_path = tmp_path_factory.mktemp("segmented")
     s = Stack(tmp_path)
     s.start_redis()
     s.start_coordinator()
@@ -49,6 +51,14 @@ def stack(tmp_path: Path):
     s.client = client  # type: ignore[attr-defined]
     yield s
     s.stop()
+
+
+def long_clip(stack: Stack) -> Path:
+    """The 60 s test input, made once per module."""
+    path = stack.inputs / "long.mp4"
+    if not path.exists():
+        make_clip(path, 60, "640x360", 30)
+    return path
 
 
 def wait_terminal(client: Client, job_id: str, timeout: float = 600) -> dict:
@@ -101,7 +111,7 @@ def children_of(client: Client, view: dict) -> list[dict]:
 
 def test_segmented_equals_single_node_across_two_agents(stack: Stack) -> None:
     client = stack.client  # type: ignore[attr-defined]
-    make_clip(stack.inputs / "long.mp4", 60, "640x360", 30)
+    long_clip(stack)
     single = client.post("/jobs", {**SPEC, "input": "long.mp4", "output": "single.mp4"})
     single = wait_terminal(client, single["id"])
     assert single["state"] == "completed", single
@@ -186,7 +196,7 @@ def wait_running_child(client: Client, job_id: str, timeout: float = 120) -> tup
 
 def test_a_killed_segment_runs_again_alone_and_the_join_is_whole(stack: Stack) -> None:
     client = stack.client  # type: ignore[attr-defined]
-    make_clip(stack.inputs / "long.mp4", 60, "640x360", 30)
+    long_clip(stack)
     spec = {**SPEC, "input": "long.mp4", "output": "k.mp4", "segmented": True, "segment_seconds": 15}
     job = client.post("/jobs", spec)
     view, running = wait_running_child(client, job["id"])
@@ -210,7 +220,7 @@ def test_a_killed_segment_runs_again_alone_and_the_join_is_whole(stack: Stack) -
 
 def test_cancel_reaches_every_segment_and_leaves_nothing(stack: Stack) -> None:
     client = stack.client  # type: ignore[attr-defined]
-    make_clip(stack.inputs / "long.mp4", 60, "640x360", 30)
+    long_clip(stack)
     spec = {**SPEC, "input": "long.mp4", "output": "c.mp4", "segmented": True, "segment_seconds": 10}
     spec["preset"] = "medium"  # slow enough to be canceled mid-run
     job = client.post("/jobs", spec)
@@ -244,7 +254,8 @@ def test_cancel_reaches_every_segment_and_leaves_nothing(stack: Stack) -> None:
 )
 def test_other_codecs_join_into_their_containers(stack: Stack, scenario, codec, output, probe_name) -> None:
     client = stack.client  # type: ignore[attr-defined]
-    make_clip(stack.inputs / "short.mp4", 12, "320x240", 30)
+    if not (stack.inputs / "short.mp4").exists():
+        make_clip(stack.inputs / "short.mp4", 12, "320x240", 30)
     spec = {"scenario": scenario, "codec": codec, "resolution": "320x240", "fps": 30, "input": "short.mp4"}
     job = client.post("/jobs", {**spec, "output": output, "segmented": True, "segment_seconds": 4})
     end = wait_terminal(client, job["id"])
