@@ -177,24 +177,36 @@ class Attempt:
             plan = build_plan(spec, self.job.id, self.lease.attempt, self.ctx, self.segment)
             if plan.tmp_output and not spec.overwrite and taken(plan.final_output, self.job.id):
                 raise PlanError("output_exists", f"{plan.final_output} exists (overwrite: true replaces it)")
-            plan.argv = apply_limits(
-                plan.argv,
-                self.job.id,
-                self.lease.attempt,
-                spec.max_cpu_percent,
-                spec.max_memory_mb,
-                systemd_run_path(),
-            )
+            self._limit(spec, plan)
         except PlanError as exc:
             self._refused(exc)
             return
-        self.rd = RunDir.create(
-            self.ctx.work_dir, self.job.id, self.lease.attempt, self.lease.execution, self.lease.token
-        )
+        self._new_run_dir()
         if self._start(plan):
             self._end(Ending("canceled", "canceled", "canceled before FFmpeg started"))
             return
-        remove_stale_parts(plan, self.job.id, self.lease.attempt)
+        self._launch(spec, plan)
+
+    def _limit(self, spec: JobSpec, plan: Plan) -> None:
+        """The job's CPU and memory limits around FFmpeg (PlanError where unenforceable)."""
+        plan.argv = apply_limits(
+            plan.argv,
+            self.job.id,
+            self.lease.attempt,
+            spec.max_cpu_percent,
+            spec.max_memory_mb,
+            systemd_run_path(),
+        )
+
+    def _new_run_dir(self) -> None:
+        self.rd = RunDir.create(
+            self.ctx.work_dir, self.job.id, self.lease.attempt, self.lease.execution, self.lease.token
+        )
+
+    def _launch(self, spec: JobSpec, plan: Plan) -> None:
+        """Start FFmpeg under its run supervisor and watch the run to its end."""
+        assert self.rd is not None
+        remove_stale_parts(plan, self.job.id, self.lease.attempt)  # an earlier attempt's leftovers
         self._note_input(spec, plan)
         self.runner_pid = spawn_detached(
             self.rd.path,

@@ -29,11 +29,9 @@ from ffrtmp.model import JobSpec
 from ffrtmp.rundir import RunDir, remove_path
 
 from . import segments
-from .attempt import Attempt, Fenced, remove_stale_parts
-from .limits import apply_limits, systemd_run_path
+from .attempt import Attempt, Fenced
 from .pipeline import AgentContext, Plan, PlanError, build_join_plan, file_output, resolve_input
 from .publish import taken
-from .runner import spawn_detached
 from .verify import media_duration
 
 FAILED = frozenset({"failed", "rejected", "timed_out", "canceled"})
@@ -278,27 +276,13 @@ class SegmentedAttempt(Attempt):
             self._end(Ending("failed", reason, getattr(exc, "message", str(exc))))
             self._remove_segments()
             return
-        plan.argv = apply_limits(
-            plan.argv,
-            self.job.id,
-            self.lease.attempt,
-            spec.max_cpu_percent,
-            spec.max_memory_mb,
-            systemd_run_path(),
-        )
-        self.rd = RunDir.create(
-            self.ctx.work_dir, self.job.id, self.lease.attempt, self.lease.execution, self.lease.token
-        )
-        remove_stale_parts(plan, self.job.id, self.lease.attempt)  # an earlier join's leftovers
-        self._note_input(spec, plan)
-        self.runner_pid = spawn_detached(
-            self.rd.path,
-            plan.argv,
-            orphan_after=timing.orphan_deadline(self.ctx.heartbeat_interval),
-            tmp_output=plan.tmp_output,
-        )
-        self._set_expected(spec, plan)
-        self._conclude(plan)
+        try:
+            self._limit(spec, plan)
+        except PlanError as exc:
+            self._refused(exc)
+            return
+        self._new_run_dir()
+        self._launch(spec, plan)
         if self._ended():
             self._remove_segments()
 
