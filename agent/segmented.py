@@ -69,7 +69,7 @@ class SegmentedAttempt(Attempt):
             children = self._plan(spec, cuts, target)
             if children is None:
                 return
-            follow = self._follow(children)
+            follow = self._follow(children, [b - a for a, b in itertools.pairwise(cuts)])
         if follow.end is not None:
             # only while the lease is ours (a stale attempt cancels nothing), the end fenced,
             # then the wait for the segments and the removal of their files
@@ -125,9 +125,8 @@ class SegmentedAttempt(Attempt):
         return children
 
     # --- following the segments -----------------------------------------------------------
-    def _follow(self, children: list[str]) -> Follow:
+    def _follow(self, children: list[str], durations: list[float]) -> Follow:
         held_at, last_save = time.time(), 0.0
-        durations = self._durations()
         while True:
             try:
                 held, canceled_now = lifecycle.holds(self.conn, self.lease)
@@ -176,15 +175,8 @@ class SegmentedAttempt(Attempt):
             return None
         return cuts, target
 
-    def _durations(self) -> list[float]:
-        known = self._recorded_cuts()
-        cuts = known[0] if known else []
-        return [b - a for a, b in itertools.pairwise(cuts)]
-
     def _mirror(self, children: list[str], states: list[str | None], durations: list[float]) -> None:
         """The job's progress: the seconds encoded over all its segments."""
-        if len(durations) != len(children):
-            durations = self._durations()
         try:
             with self.conn.pipeline(transaction=False) as pipe:
                 for child in children:

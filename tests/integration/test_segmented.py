@@ -225,6 +225,14 @@ def test_cancel_reaches_every_segment_and_leaves_nothing(stack: Stack) -> None:
     spec["preset"] = "medium"  # slow enough to be canceled mid-run
     job = client.post("/jobs", spec)
     wait_running_child(client, job["id"])
+    deadline = time.monotonic() + 20  # the parent shows its segments' progress as its own
+    while time.monotonic() < deadline and not (client.get(f"/jobs/{job['id']}").get("progress") or {}).get(
+        "out_time_s"
+    ):
+        time.sleep(0.3)
+    view = client.get(f"/jobs/{job['id']}")
+    progress = view["progress"]
+    assert progress["out_time_s"] > 0 and progress["segments"] == view["segments"]["count"], progress
     client.post(f"/jobs/{job['id']}/cancel")
     end = wait_terminal(client, job["id"], timeout=180)
     assert end["state"] == "canceled", end
