@@ -2,6 +2,7 @@
 its dead horses left (supervisor alive, no exit file), checks that each still holds its job's
 lease, and watches it to the end in a thread: it renews the RQ execution, mirrors progress,
 honours cancel and timeout, and reports the outcome through the lifecycle under that lease.
+A segmented job's attempt that was following its segments is taken over the same way.
 Versions agree on this through the run directory and the lease token, nothing else."""
 
 from __future__ import annotations
@@ -40,13 +41,17 @@ def adopt(conn: redis.Redis, ctx: AgentContext) -> list[threading.Thread]:
     """Adopt every live run left by this node's previous life; return the watching threads.
     Runs that no longer hold their lease are killed."""
     threads = []
-    for rd in RunDir.live(ctx.work_dir):
+    for rd in RunDir.adoptable(ctx.work_dir):
         if rd.format > FORMAT:
             log.warning(
                 "run %s is in format %d (this agent reads %d): left alone", rd.path, rd.format, FORMAT
             )
             continue
         found = _current(conn, rd, ctx.node)
+        if found is None and rd.following() is not None:
+            log.info("run %s followed segments under a lease that moved on: left", rd.path)
+            rd.end_following()
+            continue
         if found is None:
             log.warning("run %s no longer holds its job's lease: killing it", rd.path)
             rd.kill_run(timing.STOP_WAIT_S)

@@ -63,24 +63,51 @@ class SegmentedAttempt(Attempt):
             return
         fields = {"output": final, "encoder": "segmented"}
         if self._report(lifecycle.started, fields, self.tier, self._queue_wait()):
-            follow = Follow(Ending("canceled", "canceled", "canceled before it was segmented"), [])
-            follow.children = lifecycle.segment_children(self.job.meta or {})  # an earlier attempt's
-        else:
-            children = self._plan(spec, cuts, target)
-            if children is None:
-                return
-            follow = self._follow(children, [b - a for a, b in itertools.pairwise(cuts)])
-        if follow.end is not None:
-            # only while the lease is ours (a stale attempt cancels nothing), the end fenced,
-            # then the wait for the segments and the removal of their files
-            if not self._report(lifecycle.holds)[0]:
-                raise Fenced(f"the lease of attempt {self.lease.attempt} is gone")
-            self._cancel_children(follow.children)
-            self._end(follow.end)
-            self._stop_children(follow.children)
-            self._remove_segments()
+            children = lifecycle.segment_children(self.job.meta or {})  # an earlier attempt's
+            end = Ending("canceled", "canceled", "canceled before it was segmented")
+            self._conclude_follow(spec, Follow(end, children), cuts)
             return
-        self._join(spec, len(children), cuts[-1])
+        children = self._plan(spec, cuts, target)
+        if children is None:
+            return
+        self._new_run_dir()  # says "following" until the join, for an agent restarted under it
+        assert self.rd is not None
+        self.rd.mark_following(self.t_start)
+        self._conclude_follow(spec, self._follow(children, durations_of(cuts)), cuts)
+
+    def _end(self, end: Ending) -> None:
+        super()._end(end)
+        if self.rd is not None:
+            self.rd.end_following()  # ended: nothing for a restarted agent to take over
+
+    def _resume_following(self, rd: RunDir, since: float) -> None:
+        """Follow the segments again, as the attempt its agent's restart stopped would have:
+        the same lease, the same plan, its timeout counted from when it began."""
+        spec = self._valid_spec()
+        if spec is None:
+            return
+        known = self._recorded_cuts()
+        if known is None:
+            self._end(Ending("failed", "segments_unreadable", "the job's record holds no sound segment plan"))
+            return
+        self.rd, self.adopted, self.t_start = rd, True, min(since, time.time())
+        self.log.info("following its segments again after an agent restart")
+        children = lifecycle.segment_children(self.job.meta or {})
+        self._conclude_follow(spec, self._follow(children, durations_of(known[0])), known[0])
+
+    def _conclude_follow(self, spec: JobSpec, follow: Follow, cuts: list[float]) -> None:
+        """Join what completed, or end the job as following found and stop its segments."""
+        if follow.end is None:
+            self._join(spec, len(follow.children), cuts[-1])
+            return
+        # only while the lease is ours (a stale attempt cancels nothing), the end fenced,
+        # then the wait for the segments and the removal of their files
+        if not self._report(lifecycle.holds)[0]:
+            raise Fenced(f"the lease of attempt {self.lease.attempt} is gone")
+        self._cancel_children(follow.children)
+        self._end(follow.end)
+        self._stop_children(follow.children)
+        self._remove_segments()
 
     # --- planning -------------------------------------------------------------------------
     def _prepare(self, spec: JobSpec) -> tuple[str, list[float], float]:
@@ -273,7 +300,8 @@ class SegmentedAttempt(Attempt):
         except PlanError as exc:
             self._refused(exc)
             return
-        self._new_run_dir()
+        if self.rd is None:
+            self._new_run_dir()
         self._launch(spec, plan)
         if self._ended():
             self._remove_segments()
@@ -288,6 +316,10 @@ class SegmentedAttempt(Attempt):
         return build_join_plan(spec, self.job.id, self.lease.attempt, self.ctx, concat, float(cuts[-1]))
 
     def resume(self, rd: RunDir) -> None:
+        since = rd.following()
+        if since is not None:
+            self._resume_following(rd, since)
+            return
         super().resume(rd)
         if self._ended():
             self._remove_segments()
@@ -296,6 +328,10 @@ class SegmentedAttempt(Attempt):
         with contextlib.suppress(redis.RedisError):
             return lifecycle.states_of(self.conn, [self.job.id])[0] in lifecycle.TERMINAL
         return False
+
+
+def durations_of(cuts: list[float]) -> list[float]:
+    return [b - a for a, b in itertools.pairwise(cuts)]
 
 
 def attempt_for(job: Any, lease: Lease, ctx: AgentContext) -> Attempt:

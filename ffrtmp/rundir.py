@@ -7,6 +7,9 @@ Files: ``attempt.json`` (job, attempt, lease token), ``cmd.json`` (argv), ``owne
 whoever watches the run), ``started.json`` (supervisor and FFmpeg pids, start time),
 ``progress.json`` (the last ``-progress`` block), ``stderr.log`` / ``stderr.tail``,
 ``exit.json`` (how FFmpeg ended), ``runner.log`` (the supervisor's own errors).
+A segmented job's attempt follows its segments before it starts any FFmpeg: ``follow.json``
+(since when) says so until the join starts or the attempt ends, so that an agent restarted
+under it follows them again rather than lose the attempt.
 """
 
 from __future__ import annotations
@@ -128,6 +131,11 @@ class RunDir:
         """Runs whose supervisor is alive and whose FFmpeg has not ended."""
         return [rd for rd in cls.all(work_dir) if rd.is_live()]
 
+    @classmethod
+    def adoptable(cls, work_dir: str) -> list[RunDir]:
+        """What a restarted agent takes over: live runs, and attempts following segments."""
+        return [rd for rd in cls.all(work_dir) if rd.is_live() or rd.following() is not None]
+
     def file(self, name: str) -> str:
         return os.path.join(self.path, name)
 
@@ -180,6 +188,22 @@ class RunDir:
             return os.stat(self.file("progress.json")).st_mtime
         except OSError:
             return 0.0
+
+    def following(self) -> float | None:
+        """Since when this attempt follows its segments (None once its FFmpeg was set up, or
+        when it never did or no longer does)."""
+        data = read_json(self.file("follow.json"))
+        if data is None or os.path.exists(self.file("cmd.json")):
+            return None
+        since = data.get("since")
+        return float(since) if isinstance(since, int | float) and not isinstance(since, bool) else None
+
+    def mark_following(self, since: float) -> None:
+        write_json_atomic(self.file("follow.json"), {"since": since})
+
+    def end_following(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.file("follow.json"))
 
     def stderr_tail(self, nbytes: int) -> str:
         return tail_text(self.file("stderr.tail"), nbytes)

@@ -4,7 +4,8 @@ and once segmented into at least four child jobs across both agents; the two out
 in duration, frame count, resolution and codec, the joins must keep PTS/DTS monotonic and the
 audio as long as the video, and the quality at the joins is measured with FFmpeg's psnr filter
 against the source. Faults: an agent running a segment is SIGKILLed (that segment alone runs
-again, the output is the same); a canceled job cancels its segments, leaves no FFmpeg running
+again, the output is the same); the agent following a job is SIGKILLed and restarted (it follows
+the job again on the same attempt); a canceled job cancels its segments, leaves no FFmpeg running
 (process table) and no segment file behind."""
 
 import contextlib
@@ -215,6 +216,24 @@ def test_a_killed_segment_runs_again_alone_and_the_join_is_whole(stack: Stack) -
     assert on_victim <= again, (on_victim, again)  # what ran on the lost host ran again
     assert again == on_victim, f"only the killed segments run again: {again} vs {on_victim}"
     out = probe_stream(stack.outputs / "k.mp4", "v:0")
+    assert out["nb_read_packets"] == "1800" and abs(out["format_duration"] - 60.0) <= FRAME_S + 1e-3
+
+
+def test_an_agent_restarted_under_a_following_job_follows_it_again_on_the_same_attempt(stack: Stack) -> None:
+    client = stack.client  # type: ignore[attr-defined]
+    long_clip(stack)
+    spec = {**SPEC, "input": "long.mp4", "output": "f.mp4", "segmented": True, "segment_seconds": 15}
+    job = client.post("/jobs", spec)
+    view, _ = wait_running_child(client, job["id"])
+    follower = view["node"]
+    stack.kill_agent(follower)  # the agent's own process: its planner slot's horse dies with it
+    stack.start_agent(follower, "--slots", "2", "--live-slots", "0")
+    end = wait_terminal(client, job["id"])
+    assert end["state"] == "completed" and end["attempts"] == 1, end
+    assert [h["to"] for h in end["history"]].count("queued") == 1, end["history"]  # never requeued
+    log = (stack.tmp / f"{follower}.log").read_text()
+    assert "adopted run of job " + job["id"] in log
+    out = probe_stream(stack.outputs / "f.mp4", "v:0")
     assert out["nb_read_packets"] == "1800" and abs(out["format_duration"] - 60.0) <= FRAME_S + 1e-3
 
 
