@@ -3,7 +3,7 @@
 # to copy to hosts and install with no package index (ffrtmp_common_package_source=wheelhouse).
 # The hosts need CPython 3.11 (Debian 12) on x86_64.
 # FFRTMP_WHEEL_VERSION=0.1.0+b2 builds the same code under another version into
-# dist/wheelhouse-<version>.tar (the molecule upgrade scenario deploys two versions).
+# dist/wheelhouse-<version>.tar (the molecule fleet scenario upgrades across two versions).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD

@@ -2,6 +2,7 @@
 # Run the molecule scenarios (molecule/<name>) on real systemd containers under podman.
 #   bash scripts/molecule.sh                 every scenario, MOLECULE_JOBS (default 3) at a time
 #   bash scripts/molecule.sh redis agent     just those
+#   MOLECULE_DESTROY=never bash scripts/molecule.sh fleet   keep the containers to look at
 # Installs what it needs first: podman, runc and debootstrap (apt), the Ansible tools (the
 # venv's deploy extra), the collections molecule's podman driver and the PKI role need (from the
 # `ansible` wheel: Galaxy is not reachable from CI), the Debian 12 systemd image, and the
@@ -28,6 +29,8 @@ fi
 export NO_COLOR=1 ANSIBLE_NOCOLOR=1 PY_COLORS=0
 export CONTAINERS_CONF="$root/molecule/containers.conf"
 export PATH="$root/.venv/bin:$PATH"
+# Each task's time in the logs (dist/molecule-logs/<scenario>.log), to see where CI time goes.
+export ANSIBLE_CALLBACKS_ENABLED=ansible.posix.profile_tasks
 
 # Collections from the ansible wheel (kept in .ansible/collections, ignored by git).
 collections=.ansible/collections/ansible_collections
@@ -71,7 +74,7 @@ if ! podman image exists "$image"; then
 fi
 
 bash scripts/build-wheelhouse.sh
-# The upgrade scenario deploys the same code under two versions (local version suffixes).
+# The fleet scenario upgrades the same code across two versions (local version suffixes).
 base=$(sed -n -E 's/^version = "([^"+]+).*"$/\1/p' pyproject.toml)
 export FFRTMP_TEST_V1="$base+up1" FFRTMP_TEST_V2="$base+up2"
 for v in "$FFRTMP_TEST_V1" "$FFRTMP_TEST_V2"; do FFRTMP_WHEEL_VERSION=$v bash scripts/build-wheelhouse.sh; done
@@ -90,7 +93,7 @@ if [ $# -gt 0 ]; then
   scenarios=("$@")
 else
   # The longest first, so the parallel run ends sooner.
-  scenarios=(upgrade fleet ffmpeg-source agent coordinator prometheus alertmanager redis common logrotate ffmpeg gpu_drivers grafana)
+  scenarios=(fleet ffmpeg-source agent coordinator prometheus alertmanager redis common logrotate ffmpeg gpu_drivers grafana)
 fi
 logs=dist/molecule-logs
 mkdir -p "$logs"
@@ -100,7 +103,7 @@ failed=$logs/failed
 : > "$failed"
 printf '%s\n' "${scenarios[@]}" | xargs -P "$jobs" -I{} bash -c '
   s={}; t0=$(date +%s)
-  if molecule test -s "$s" > "'"$logs"'/$s.log" 2>&1; then r=passed; else r=FAILED; echo "$s" >> "'"$failed"'"; fi
+  if molecule test -s "$s" --destroy "${MOLECULE_DESTROY:-always}" > "'"$logs"'/$s.log" 2>&1; then r=passed; else r=FAILED; echo "$s" >> "'"$failed"'"; fi
   echo "molecule $s: $r in $(( $(date +%s) - t0 )) s" >&2' || true
 echo "molecule: ${#scenarios[@]} scenario(s) in $(( $(date +%s) - start )) s (logs in $logs)" >&2
 if [ -s "$failed" ]; then

@@ -6,6 +6,7 @@ of the jobs it submitted (the scenario then checks that every one completed).
   python3 load.py URL KEY WORKDIR [CA_FILE]
 """
 
+import http.client
 import json
 import os
 import ssl
@@ -39,9 +40,11 @@ def call(method: str, path: str, body: dict | None = None) -> dict | None:
     try:
         with urllib.request.urlopen(req, timeout=15, context=tls) as resp:
             return json.loads(resp.read() or b"null")
-    except (urllib.error.URLError, OSError, ValueError) as exc:
+    # http.client's own errors (IncompleteRead: a response cut short) are not OSErrors
+    except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as exc:
         stats["failed"] += 1
-        failure = {"time": time.time(), "phase": p, "request": f"{method} {path}", "error": str(exc)}
+        error = f"{type(exc).__name__}: {exc}"
+        failure = {"time": time.time(), "phase": p, "request": f"{method} {path}", "error": error}
         summary["failures"].append(failure)
         return None
 
