@@ -29,8 +29,6 @@ fi
 export NO_COLOR=1 ANSIBLE_NOCOLOR=1 PY_COLORS=0
 export CONTAINERS_CONF="$root/molecule/containers.conf"
 export PATH="$root/.venv/bin:$PATH"
-# Each task's time in the logs (dist/molecule-logs/<scenario>.log), to see where CI time goes.
-export ANSIBLE_CALLBACKS_ENABLED=ansible.posix.profile_tasks
 
 # Collections from the ansible wheel (kept in .ansible/collections, ignored by git).
 collections=.ansible/collections/ansible_collections

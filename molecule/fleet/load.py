@@ -49,6 +49,8 @@ def call(method: str, path: str, body: dict | None = None) -> dict | None:
         return None
 
 
+with open(os.path.join(work, "started"), "w") as fh:  # the scenario waits for this
+    fh.write(f"{os.getpid()}\n")
 i = 0
 give_up = time.monotonic() + 3600  # a failed scenario never creates the stop file
 while not os.path.exists(stop_file) and time.monotonic() < give_up:
