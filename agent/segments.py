@@ -16,6 +16,7 @@ import bisect
 import contextlib
 import logging
 import os
+import re
 import subprocess
 import time
 
@@ -34,6 +35,8 @@ SEGMENTS_DIR = RESERVED_OUTPUT_DIR
 MIN_AUTO_S, MAX_AUTO_S = 30.0, 120.0
 MAX_SEGMENTS = 1000  # a longer input gets longer segments
 ORPHAN_AGE_S = 3600.0  # a segment directory whose job is gone is removed once this old
+RUN_NAME = re.compile(r"r(\d{1,9})")
+EVERY_RUN = 1 << 40  # the job is gone: every run's segments may go
 
 
 class CutError(Exception):
@@ -156,22 +159,41 @@ def missing_segments(directory: str, count: int) -> list[int]:
     return [i for i in range(count) if not os.path.isfile(os.path.join(directory, segment_name(i)))]
 
 
-def _removable(conn: redis.Redis, parent_id: str, age_s: float) -> bool:
-    """May this segment directory go? Its job has ended and every segment with it (a segment
-    still running is canceled first, and the directory goes on a later sweep)."""
+def _removable(conn: redis.Redis, parent_id: str, age_s: float) -> int | None:
+    """Up to which run may this job's segments go? None while the job or a segment of its
+    last run is open (a segment still running is canceled first, and its files go on a later
+    sweep); the run the ended job was in, read with its state, so that a manual retry between
+    this read and the removal keeps its own, later run's files."""
     job = fetch_job(conn, parent_id)
     if job is None:
-        return age_s > ORPHAN_AGE_S
+        return EVERY_RUN if age_s > ORPHAN_AGE_S else None
     meta = job.meta if isinstance(job.meta, dict) else {}
     if lifecycle.state_of(job, meta) not in lifecycle.TERMINAL:
-        return False
+        return None
     children = lifecycle.segment_children(meta)
     states = lifecycle.states_of(conn, children)
     open_ = [c for c, st in zip(children, states, strict=True) if st not in lifecycle.TERMINAL]
     for child in open_:
         with contextlib.suppress(redis.RedisError):
             lifecycle.cancel(conn, child, f"sweep (parent {parent_id} ended)")
-    return not open_
+    return None if open_ else lifecycle.segment_run(meta)
+
+
+def remove_runs(path: str, upto: int) -> bool:
+    """Remove a job's segment directories of runs up to ``upto`` (everything when the job is
+    gone), then the job's directory once nothing else is in it. True if anything went."""
+    if upto >= EVERY_RUN:
+        remove_path(path)
+        return True
+    gone = False
+    for name in os.listdir(path):
+        m = RUN_NAME.fullmatch(name)
+        if m and int(m.group(1)) <= upto:
+            remove_path(os.path.join(path, name))
+            gone = True
+    with contextlib.suppress(OSError):
+        os.rmdir(path)  # fails while a later run (or anything else) is in it
+    return gone
 
 
 def sweep(conn: redis.Redis, output_root: str) -> int:
@@ -188,13 +210,10 @@ def sweep(conn: redis.Redis, output_root: str) -> int:
         if not keys.JOB_ID.fullmatch(name) or keys.is_child_id(name) or os.path.islink(path):
             continue
         try:
-            age = time.time() - os.stat(path).st_mtime
-            if not _removable(conn, name, age):
-                continue
+            upto = _removable(conn, name, time.time() - os.stat(path).st_mtime)
+            if upto is not None and remove_runs(path, upto):
+                log.info("removed the segments of ended job %s", name)
+                removed += 1
         except (OSError, redis.RedisError) as exc:
             log.warning("segment directory %s not swept: %s", path, exc)
-            continue
-        log.info("removing the segments of ended job %s", name)
-        remove_path(path)
-        removed += 1
     return removed

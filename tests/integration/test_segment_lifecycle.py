@@ -89,6 +89,28 @@ def test_the_sweep_removes_the_segments_of_an_ended_job_and_only_those(conn, tmp
     assert os.path.exists(segments.segment_dir(str(tmp_path), "not-a-job"))
 
 
+def test_a_sweep_that_judged_a_run_ended_never_removes_a_later_runs_segments(conn, tmp_path):
+    """The race with a manual retry: the sweep read the job ended in run 0, the retry then
+    started run 1 and its first segment landed; only run 0's files go."""
+    jid, lease = _parent(conn)
+    _plan(conn, jid, lease)
+    lifecycle.finish(conn, lease, Ending("failed", "output_incomplete", "segment 2 was short"))
+    for run in (0, 1):
+        d = segments.run_dir(str(tmp_path), jid, run)
+        os.makedirs(d)
+        open(os.path.join(d, segments.segment_name(0)), "wb").close()
+    assert segments._removable(conn, jid, 0.0) is None  # its waiting segments are canceled first
+    upto = segments._removable(conn, jid, 0.0)  # read while the job had ended
+    assert upto == 0
+    assert lifecycle.retry(conn, jid, "op") == "queued"  # then the retry, before the removal
+    assert segments.remove_runs(segments.segment_dir(str(tmp_path), jid), upto)
+    assert not os.path.exists(segments.run_dir(str(tmp_path), jid, 0))
+    later = segments.run_dir(str(tmp_path), jid, 1)
+    assert os.path.exists(os.path.join(later, segments.segment_name(0)))
+    assert segments.sweep(conn, str(tmp_path)) == 0  # the retried job runs: nothing of it goes
+    assert os.path.exists(later)
+
+
 def test_a_manual_retry_of_a_segmented_job_starts_a_run_with_new_segments(conn):
     """Its old segments' files went with its end: the retry plans again, under new ids."""
     jid, lease = _parent(conn)
