@@ -17,8 +17,11 @@ if [ -n "${FFRTMP_WHEEL_VERSION:-}" ]; then
   tarball=$out.tar
   src=$(mktemp -d)
   trap 'rm -rf "$src"' EXIT
-  tar --exclude=./.venv --exclude=./dist --exclude=./build --exclude=./.git --exclude=./.ansible \
-    --exclude='*.egg-info' -cf - . | tar -C "$src" -xf -
+  # What the wheel is built from, and only that: the test suite may be writing elsewhere in
+  # the tree meanwhile (scripts/test.sh runs molecule beside it), which a copy of "." would
+  # read half-written. Bytecode is left out (a Python import may write it during the copy).
+  tar --exclude=__pycache__ --exclude='*.pyc' -cf - pyproject.toml README.md ffrtmp agent coordinator \
+    | tar -C "$src" -xf -
   sed -i -E "s/^version = \".*\"$/version = \"$FFRTMP_WHEEL_VERSION\"/" "$src/pyproject.toml"
 fi
 rm -rf "$out.tmp"
