@@ -83,6 +83,8 @@ class SegmentedAttempt(Attempt):
     def _resume_following(self, rd: RunDir, since: float) -> None:
         """Follow the segments again, as the attempt its agent's restart stopped would have:
         the same lease, the same plan, its timeout counted from when it began."""
+        # not ``adopted``: this thread starts the join's supervisor itself, and reaps it
+        self.rd, self.t_start = rd, min(since, time.time())
         spec = self._valid_spec()
         if spec is None:
             return
@@ -90,7 +92,6 @@ class SegmentedAttempt(Attempt):
         if known is None:
             self._end(Ending("failed", "segments_unreadable", "the job's record holds no sound segment plan"))
             return
-        self.rd, self.adopted, self.t_start = rd, True, min(since, time.time())
         self.log.info("following its segments again after an agent restart")
         children = lifecycle.segment_children(self.job.meta or {})
         self._conclude_follow(spec, self._follow(children, durations_of(known[0])), known[0])

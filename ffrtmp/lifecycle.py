@@ -712,7 +712,11 @@ def retry(conn: redis.Redis, job_id: str, requested_by: str) -> str:
             retry_not_before=None,
         )
         old_run[:] = segment_children(meta)
-        if old_run:  # its segments' files went with its end: a new run, new segments
+        spec = job.args[0] if job.args and isinstance(job.args[0], dict) else {}
+        if old_run or spec.get("segmented") is True:
+            # a new run with new segments (the old files went with its end), in a directory
+            # of its own even when the last run ended before it planned any: a sweep that
+            # judged that run ended removes only its runs' directories
             meta.update(segments=None, segment_run=segment_run(meta) + 1)
         job.meta = meta
         pipe.multi()

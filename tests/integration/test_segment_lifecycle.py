@@ -111,6 +111,13 @@ def test_a_sweep_that_judged_a_run_ended_never_removes_a_later_runs_segments(con
     assert os.path.exists(later)
 
 
+def test_a_retry_of_a_job_that_ended_before_it_planned_starts_a_run_of_its_own(conn):
+    jid, lease = _parent(conn)
+    lifecycle.finish(conn, lease, Ending("failed", "input_unreadable", "no video"))
+    assert lifecycle.retry(conn, jid, "op") == "queued"
+    assert lifecycle.segment_run(fetch_job(conn, jid).meta) == 1  # not run 0's directory again
+
+
 def test_a_manual_retry_of_a_segmented_job_starts_a_run_with_new_segments(conn):
     """Its old segments' files went with its end: the retry plans again, under new ids."""
     jid, lease = _parent(conn)
