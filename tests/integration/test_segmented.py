@@ -106,6 +106,12 @@ def psnr_per_frame(encoded: Path, source: Path) -> list[float]:
     return values
 
 
+def assert_whole_60s(path: Path) -> None:
+    """The joined output holds every frame of the 60 s input at 30 fps, within one frame."""
+    out = probe_stream(path, "v:0")
+    assert out["nb_read_packets"] == "1800" and abs(out["format_duration"] - 60.0) <= FRAME_S + 1e-3, out
+
+
 def children_of(client: Client, view: dict) -> list[dict]:
     return [client.get(f"/jobs/{c}") for c in view["segments"]["children"]]
 
@@ -215,8 +221,7 @@ def test_a_killed_segment_runs_again_alone_and_the_join_is_whole(stack: Stack) -
     again = {k["id"] for k in kids if k["attempts"] > 1}
     assert on_victim <= again, (on_victim, again)  # what ran on the lost host ran again
     assert again == on_victim, f"only the killed segments run again: {again} vs {on_victim}"
-    out = probe_stream(stack.outputs / "k.mp4", "v:0")
-    assert out["nb_read_packets"] == "1800" and abs(out["format_duration"] - 60.0) <= FRAME_S + 1e-3
+    assert_whole_60s(stack.outputs / "k.mp4")
 
 
 def test_an_agent_restarted_under_a_following_job_follows_it_again_on_the_same_attempt(stack: Stack) -> None:
@@ -233,8 +238,7 @@ def test_an_agent_restarted_under_a_following_job_follows_it_again_on_the_same_a
     assert [h["to"] for h in end["history"]].count("queued") == 1, end["history"]  # never requeued
     log = (stack.tmp / f"{follower}.log").read_text()
     assert "adopted run of job " + job["id"] in log
-    out = probe_stream(stack.outputs / "f.mp4", "v:0")
-    assert out["nb_read_packets"] == "1800" and abs(out["format_duration"] - 60.0) <= FRAME_S + 1e-3
+    assert_whole_60s(stack.outputs / "f.mp4")
 
 
 def test_cancel_reaches_every_segment_and_leaves_nothing(stack: Stack) -> None:
