@@ -26,6 +26,7 @@ from ffrtmp import keys, lifecycle, submit, timing
 from ffrtmp.jobs import get_view
 from ffrtmp.lifecycle import Ending, Lease
 from ffrtmp.model import JobSpec
+from ffrtmp.rqjob import job_spec
 from ffrtmp.rundir import RunDir, remove_path
 
 from . import segments
@@ -73,7 +74,7 @@ class SegmentedAttempt(Attempt):
         self._new_run_dir()  # says "following" until the join, for an agent restarted under it
         assert self.rd is not None
         self.rd.mark_following(self.t_start)
-        self._conclude_follow(spec, self._follow(children, durations_of(cuts)), cuts)
+        self._follow_and_conclude(spec, children, cuts)
 
     def _end(self, end: Ending) -> None:
         super()._end(end)
@@ -93,8 +94,10 @@ class SegmentedAttempt(Attempt):
             self._end(Ending("failed", "segments_unreadable", "the job's record holds no sound segment plan"))
             return
         self.log.info("following its segments again after an agent restart")
-        children = lifecycle.segment_children(self.job.meta or {})
-        self._conclude_follow(spec, self._follow(children, durations_of(known[0])), known[0])
+        self._follow_and_conclude(spec, lifecycle.segment_children(self.job.meta or {}), known[0])
+
+    def _follow_and_conclude(self, spec: JobSpec, children: list[str], cuts: list[float]) -> None:
+        self._conclude_follow(spec, self._follow(children, durations_of(cuts)), cuts)
 
     def _conclude_follow(self, spec: JobSpec, follow: Follow, cuts: list[float]) -> None:
         """Join what completed, or end the job as following found and stop its segments."""
@@ -338,7 +341,7 @@ def durations_of(cuts: list[float]) -> list[float]:
 def attempt_for(job: Any, lease: Lease, ctx: AgentContext) -> Attempt:
     """The attempt that runs this job: a segmented job's, a segment's, or a plain one."""
     args = job.args or ()
-    spec = args[0] if args and isinstance(args[0], dict) else {}
+    spec = job_spec(job)
     if spec.get("segmented") is True:
         if not keys.JOB_ID.fullmatch(job.id) or keys.is_child_id(job.id):
             raise MalformedJob(f"job {job.id!r} cannot be a segmented job")  # it names directories

@@ -17,7 +17,7 @@ import redis
 
 from . import keys, lifecycle, queues
 from .redisconn import text
-from .rqjob import SafeJob, restore_job
+from .rqjob import SafeJob, job_spec, restore_job
 from .terms import TERMINAL_STATES, JobState
 
 __all__ = ["JOB_ID", "cancel", "get_view", "job_view", "list_views", "new_job_id", "retry"]
@@ -69,7 +69,7 @@ def job_view(
     job: SafeJob, history: list[dict[str, Any]] | None = None, live_progress: bytes | None = None
 ) -> dict[str, Any]:
     meta = job.meta if isinstance(job.meta, dict) else {}
-    spec = job.args[0] if job.args and isinstance(job.args[0], dict) else {}
+    spec = job_spec(job)
     state = JobState(lifecycle.state_of(job, meta))
     progress = _live_progress(live_progress) if state == JobState.running else None
     view: dict[str, Any] = {

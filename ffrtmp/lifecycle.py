@@ -40,7 +40,7 @@ from rq.results import Result
 
 from . import keys, stats, timing
 from .keys import Retention
-from .rqjob import SafeJob, fetch_job, rq_queue
+from .rqjob import SafeJob, fetch_job, job_spec, rq_queue
 from .terms import TERMINAL_STATES, JobState
 
 log = logging.getLogger("ffrtmp.lifecycle")
@@ -712,8 +712,7 @@ def retry(conn: redis.Redis, job_id: str, requested_by: str) -> str:
             retry_not_before=None,
         )
         old_run[:] = segment_children(meta)
-        spec = job.args[0] if job.args and isinstance(job.args[0], dict) else {}
-        if old_run or spec.get("segmented") is True:
+        if old_run or job_spec(job).get("segmented") is True:
             # a new run with new segments (the old files went with its end), in a directory
             # of its own even when the last run ended before it planned any: a sweep that
             # judged that run ended removes only its runs' directories

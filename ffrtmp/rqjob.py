@@ -50,6 +50,12 @@ class SafeJob(Job):
 
 
 @lru_cache(maxsize=512)
+def job_spec(job: Job) -> dict[str, Any]:
+    """The spec a job was enqueued with (its first argument; untrusted: {} if it is not a dict)."""
+    args = job.args or ()
+    return args[0] if args and isinstance(args[0], dict) else {}
+
+
 def rq_queue(name: str, conn: redis.Redis) -> Queue:
     """One Queue object per (name, connection): a fresh Queue asks Redis for its version
     (INFO) on its first enqueue, which would double the cost of every submission."""

@@ -38,6 +38,13 @@ def _plan(conn, jid: str, lease: Lease):
     return lifecycle.plan_segments(conn, lease, {"cuts": CUTS, "seconds": 15, "count": 4}, children)
 
 
+def _segment_file(root, job: str, run: int) -> None:
+    """The first segment file of one run of a job, as an agent would have left it."""
+    d = segments.run_dir(str(root), job, run)
+    os.makedirs(d)
+    open(os.path.join(d, segments.segment_name(0)), "wb").close()
+
+
 def test_the_plan_and_its_segments_are_written_once_under_the_lease(conn):
     jid, lease = _parent(conn)
     stale = Lease(jid, lease.attempt, "ex0", "n9", "n9.plan0")
@@ -72,9 +79,7 @@ def test_the_sweep_removes_the_segments_of_an_ended_job_and_only_those(conn, tmp
     _plan(conn, jid, lease)
     live, _ = _parent(conn)
     for job in (jid, live):
-        d = segments.run_dir(str(tmp_path), job, 0)
-        os.makedirs(d)
-        open(os.path.join(d, segments.segment_name(0)), "wb").close()
+        _segment_file(tmp_path, job, 0)
     os.makedirs(segments.segment_dir(str(tmp_path), "not-a-job"))
     lifecycle.finish(conn, lease, Ending("failed", "agent_error", "its attempt died for good"))
     kid = f"{jid}-s1"
@@ -96,9 +101,7 @@ def test_a_sweep_that_judged_a_run_ended_never_removes_a_later_runs_segments(con
     _plan(conn, jid, lease)
     lifecycle.finish(conn, lease, Ending("failed", "output_incomplete", "segment 2 was short"))
     for run in (0, 1):
-        d = segments.run_dir(str(tmp_path), jid, run)
-        os.makedirs(d)
-        open(os.path.join(d, segments.segment_name(0)), "wb").close()
+        _segment_file(tmp_path, jid, run)
     assert segments._removable(conn, jid, 0.0) is None  # its waiting segments are canceled first
     upto = segments._removable(conn, jid, 0.0)  # read while the job had ended
     assert upto == 0

@@ -201,12 +201,18 @@ def wait_running_child(client: Client, job_id: str, timeout: float = 120) -> tup
     raise AssertionError(f"no segment of {job_id} ever ran")
 
 
-def test_a_killed_segment_runs_again_alone_and_the_join_is_whole(stack: Stack) -> None:
+def start_segmented(stack: Stack, output: str, **extra: object) -> tuple[Client, dict, dict, list[dict]]:
+    """Submit a segmented encode of the 60 s input; return once one of its segments encodes."""
     client = stack.client  # type: ignore[attr-defined]
     long_clip(stack)
-    spec = {**SPEC, "input": "long.mp4", "output": "k.mp4", "segmented": True, "segment_seconds": 15}
+    spec = {**SPEC, "input": "long.mp4", "output": output, "segmented": True, "segment_seconds": 15, **extra}
     job = client.post("/jobs", spec)
     view, running = wait_running_child(client, job["id"])
+    return client, job, view, running
+
+
+def test_a_killed_segment_runs_again_alone_and_the_join_is_whole(stack: Stack) -> None:
+    client, job, view, running = start_segmented(stack, "k.mp4")
     victim = running[0]["node"]
     on_victim = {
         k["id"] for k in children_of(client, view) if k["state"] == "running" and k["node"] == victim
@@ -225,11 +231,7 @@ def test_a_killed_segment_runs_again_alone_and_the_join_is_whole(stack: Stack) -
 
 
 def test_an_agent_restarted_under_a_following_job_follows_it_again_on_the_same_attempt(stack: Stack) -> None:
-    client = stack.client  # type: ignore[attr-defined]
-    long_clip(stack)
-    spec = {**SPEC, "input": "long.mp4", "output": "f.mp4", "segmented": True, "segment_seconds": 15}
-    job = client.post("/jobs", spec)
-    view, _ = wait_running_child(client, job["id"])
+    client, job, view, _ = start_segmented(stack, "f.mp4")
     follower = view["node"]
     stack.kill_agent(follower)  # the agent's own process: its planner slot's horse dies with it
     stack.start_agent(follower, "--slots", "2", "--live-slots", "0")
@@ -242,12 +244,8 @@ def test_an_agent_restarted_under_a_following_job_follows_it_again_on_the_same_a
 
 
 def test_cancel_reaches_every_segment_and_leaves_nothing(stack: Stack) -> None:
-    client = stack.client  # type: ignore[attr-defined]
-    long_clip(stack)
-    spec = {**SPEC, "input": "long.mp4", "output": "c.mp4", "segmented": True, "segment_seconds": 10}
-    spec["preset"] = "medium"  # slow enough to be canceled mid-run
-    job = client.post("/jobs", spec)
-    wait_running_child(client, job["id"])
+    # slow enough to be canceled mid-run
+    client, job, _, _ = start_segmented(stack, "c.mp4", segment_seconds=10, preset="medium")
     deadline = time.monotonic() + 20  # the parent shows its segments' progress as its own
     while time.monotonic() < deadline and not (client.get(f"/jobs/{job['id']}").get("progress") or {}).get(
         "out_time_s"
