@@ -26,7 +26,7 @@ from ffrtmp.model import JobSpec, is_url
 from ffrtmp.redisconn import redis_retry, until_redis_answers
 from ffrtmp.rundir import RunDir, remove_path, used_bytes, write_json_atomic
 
-from . import disk
+from . import cgroups, disk
 from .limits import apply_limits, systemd_run_path
 from .outcome import Verdict, classify_exit, input_signature
 from .pipeline import AgentContext, Plan, PlanError, Segment, build_plan, needs_egress_proxy
@@ -110,6 +110,7 @@ class Attempt:
         self.input_sig: tuple[int, int, int] | None = None
         self.input_bytes = 0
         self.expected_s: float | None = None
+        self.cgroup_dirs: list[str] = []  # the run's own cgroup, where its limits are enforced
         self.log = logging.LoggerAdapter(log, {"job": job.id, "attempt": lease.attempt, "node": lease.node})
 
     # --- reporting ------------------------------------------------------------------------
@@ -183,20 +184,22 @@ class Attempt:
             return
         self._new_run_dir()
         if self._start(plan):
+            cgroups.remove(self.cgroup_dirs)
             self._end(Ending("canceled", "canceled", "canceled before FFmpeg started"))
             return
         self._launch(spec, plan)
 
     def _limit(self, spec: JobSpec, plan: Plan) -> None:
         """The job's CPU and memory limits around FFmpeg (PlanError where unenforceable)."""
-        plan.argv = apply_limits(
+        limited = apply_limits(
             plan.argv,
-            self.job.id,
-            self.lease.attempt,
+            f"{self.job.id}-{self.lease.attempt}",
             spec.max_cpu_percent,
             spec.max_memory_mb,
+            cgroups.layout(),
             systemd_run_path(),
         )
+        plan.argv, self.cgroup_dirs = limited.argv, limited.cgroup_dirs
 
     def _new_run_dir(self) -> None:
         self.rd = RunDir.create(
@@ -214,6 +217,7 @@ class Attempt:
             orphan_after=timing.orphan_deadline(self.ctx.heartbeat_interval),
             tmp_output=plan.tmp_output,
             egress=self.ctx.allow_url_networks if needs_egress_proxy(spec.input) else None,
+            cgroup_dirs=self.cgroup_dirs,
         )
         self._set_expected(spec, plan)
         self._conclude(plan)

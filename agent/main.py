@@ -38,7 +38,7 @@ from ffrtmp.redisconn import connect, ping, redis_retry
 from ffrtmp.rundir import RunDir
 from ffrtmp.timing import orphan_deadline, renewal_interval
 
-from . import disk, segments
+from . import cgroups, disk, segments
 from .adopt import adopt, sweep_partials
 from .config import AgentConfig
 from .context import ENV as CONTEXT_ENV
@@ -239,14 +239,16 @@ class Agent:
             await asyncio.sleep(delay)
 
     async def sweep_runs(self) -> None:
-        """Now and then (5-30 s): remove partial outputs dead runs of this node left behind, and
-        the segments of segmented jobs that ended."""
+        """Now and then (5-30 s): remove partial outputs and cgroups dead runs of this node left
+        behind, and the segments of segmented jobs that ended."""
         assert self.conn is not None
         quiet = 2 * orphan_deadline(self.cfg.heartbeat_interval)
         every = max(5.0, min(30.0, quiet / 2))
         while not self.stopping:
             try:
                 await asyncio.to_thread(sweep_partials, self.conn, self.cfg.work_dir, quiet)
+                if lay := cgroups.layout():
+                    await asyncio.to_thread(cgroups.sweep, lay)
                 if self.cfg.output_roots:
                     await asyncio.to_thread(segments.sweep, self.conn, self.cfg.output_roots[0])
             except (redis.RedisError, OSError) as exc:

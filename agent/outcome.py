@@ -83,6 +83,11 @@ def classify_exit(
         # the run was killed because this attempt stopped watching it (a stall or freeze past
         # the orphan deadline): a platform failure, never the workload's fault
         return Verdict("retry", "lost_ownership", "the run was killed: its watcher stalled too long")
+    if exit_info.get("oom_killed"):
+        # the kernel killed it in the run's own cgroup, at the job's max_memory_mb: the job's
+        # own limit, which another attempt would hit again
+        msg = "FFmpeg needed more memory than max_memory_mb and was OOM-killed"
+        return Verdict("failed", "memory_limit_exceeded", msg)
     if exit_info.get("egress_refused"):
         # FFmpeg was sent (a redirect, a playlist entry, a name that resolved again) somewhere
         # the URL policy refuses: say so with the policy's one message, whatever FFmpeg made of it

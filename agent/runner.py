@@ -23,6 +23,7 @@ from typing import Any
 from ffrtmp.pdeath import die_with
 from ffrtmp.rundir import RunDir, read_json, remove_path, used_bytes, write_json_atomic
 
+from . import cgroups
 from .egress import EgressProxy
 
 STDERR_CAP_BYTES = 4 * 1024 * 1024
@@ -115,10 +116,12 @@ def supervise(
     orphan_after: float | None = None,
     tmp_output: str | None = None,
     egress: list[str] | None = None,
+    cgroup_dirs: list[str] | None = None,
 ) -> int:
     """Run FFmpeg, keep the run directory current, return its exit code. SIGTERM/SIGINT to this
     process are forwarded to FFmpeg (which then finalizes its output). With ``egress`` (the
-    networks opened inside), FFmpeg's HTTP(S) goes through this run's egress proxy."""
+    networks opened inside), FFmpeg's HTTP(S) goes through this run's egress proxy; with
+    ``cgroup_dirs`` (the run's own cgroup, its limits set), FFmpeg starts in that cgroup."""
     rd = RunDir(run_dir)
     me = os.getpid()
     refused: list[dict[str, Any]] = []
@@ -133,7 +136,7 @@ def supervise(
         stderr=subprocess.PIPE,
         close_fds=True,
         env=env,
-        preexec_fn=lambda: die_with(me),  # FFmpeg never outlives its supervisor
+        preexec_fn=lambda: _child_setup(me, cgroup_dirs or []),
     )
     wake = threading.Event()
 
@@ -177,6 +180,8 @@ def supervise(
         # disk-full marker)
         partial_bytes = used_bytes(tmp_output)
         remove_path(tmp_output)
+    oom_kills = cgroups.oom_kills(cgroup_dirs) if cgroup_dirs else 0
+    cgroups.remove(cgroup_dirs or [])
     if proxy is not None:
         proxy.shutdown()
         proxy.server_close()
@@ -191,9 +196,17 @@ def supervise(
             "orphaned": state["orphaned"],
             "partial_bytes": partial_bytes,
             "egress_refused": refused[:20],
+            "oom_killed": oom_kills > 0,
         },
     )
     return rc
+
+
+def _child_setup(supervisor: int, cgroup_dirs: list[str]) -> None:
+    """In FFmpeg's process before exec: die with the supervisor, enter the run's cgroup (so
+    nothing it allocates is charged elsewhere)."""
+    die_with(supervisor)  # FFmpeg never outlives its supervisor
+    cgroups.join(cgroup_dirs)
 
 
 def _proxied_env(env: dict[str, str] | None, proxy_url: str) -> dict[str, str]:
@@ -213,6 +226,7 @@ def spawn_detached(
     orphan_after: float | None = None,
     tmp_output: str | None = None,
     egress: list[str] | None = None,
+    cgroup_dirs: list[str] | None = None,
 ) -> int:
     """Start the supervisor (``python -m agent.runner RUN_DIR``) as a new program leading its own
     session, so it outlives the caller's process group (the RQ horse's) and, when the caller
@@ -225,7 +239,13 @@ def spawn_detached(
     rd = RunDir(run_dir)
     write_json_atomic(
         rd.file("cmd.json"),
-        {"argv": argv, "orphan_after": orphan_after, "tmp_output": tmp_output, "egress": egress},
+        {
+            "argv": argv,
+            "orphan_after": orphan_after,
+            "tmp_output": tmp_output,
+            "egress": egress,
+            "cgroup_dirs": cgroup_dirs or [],
+        },
     )
     rd.touch_owner()
     actions = [
@@ -260,7 +280,10 @@ def _supervisor_main(run_dir: str) -> int:
         egress = cmd.get("egress")
         if egress is not None and not (isinstance(egress, list) and all(isinstance(n, str) for n in egress)):
             raise ValueError("cmd.json's egress is not a list of networks")
-        supervise(run_dir, argv, None, cmd.get("orphan_after"), cmd.get("tmp_output"), egress)
+        dirs = cmd.get("cgroup_dirs") or []
+        if not (isinstance(dirs, list) and all(isinstance(d, str) for d in dirs)):
+            raise ValueError("cmd.json's cgroup_dirs is not a list of directories")
+        supervise(run_dir, argv, None, cmd.get("orphan_after"), cmd.get("tmp_output"), egress, dirs)
     except BaseException as exc:
         print(f"runner failed: {exc!r}", file=sys.stderr)
         if read_json(rd.file("exit.json")) is None:

@@ -20,9 +20,11 @@ from ffrtmp.logs import reopen_on_sighup, setup_logging
 from ffrtmp.redisconn import connect
 from ffrtmp.rqjob import SERIALIZER, SafeJob, rq_queue
 
-from . import task  # noqa: F401 - imported before forking so every horse starts warm
+from . import (
+    limits,
+    task,  # noqa: F401 - imported before forking so every horse starts warm
+)
 from .context import load_context
-from .limits import systemd_run_path
 from .worker import FleetWorker
 
 
@@ -31,7 +33,7 @@ def main() -> None:
         "agent", os.environ.get("FFRTMP_LOG_LEVEL", "info"), os.environ.get("FFRTMP_LOG_DIR") or None
     )
     reopen_on_sighup()
-    systemd_run_path()  # its one trial scope, cached here so the horses forked per job inherit it
+    limits.warm()  # the cgroup layout and the one trial scope, cached so every horse inherits them
     name = os.environ["FFRTMP_SLOT_NAME"]
     queues = os.environ["FFRTMP_SLOT_QUEUES"].split(",")
     conn = connect(os.environ["FFRTMP_REDIS_URL"])

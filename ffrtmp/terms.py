@@ -67,6 +67,7 @@ REQUEUE_REASONS = (
     "output_disk_full",
     "output_root_missing",
     "redis_outage",
+    "run_cgroup_failed",
     "runner_died",
     "runner_not_started",
 )
@@ -75,6 +76,7 @@ COMMON_ENDS = (
     ("completed", "ffmpeg_exit_0"),
     ("failed", "ffmpeg_error"),
     ("failed", "input_not_found"),
+    ("failed", "memory_limit_exceeded"),
     ("timed_out", "timed_out"),
     ("canceled", "canceled"),
     ("rejected", "invalid_spec"),

@@ -22,6 +22,8 @@ from ffrtmp.lifecycle import Lease, meta_int
         ({"returncode": -9, "signal": 9, "orphaned": True}, None, "", ("retry", "lost_ownership")),
         ({"returncode": -9, "signal": 9}, None, "frame=1", ("retry", "ffmpeg_killed")),
         ({"returncode": -11, "signal": 11}, None, "", ("retry", "ffmpeg_killed")),
+        ({"returncode": -9, "signal": 9, "oom_killed": True}, None, "", ("failed", "memory_limit_exceeded")),
+        ({"returncode": -9, "signal": 9, "oom_killed": True}, "canceled", "", ("canceled", "canceled")),
         ({"returncode": 1}, None, "x.mp4: No space left on device", ("retry", "output_disk_full")),
         ({"returncode": 1}, None, "Invalid data found", ("failed", "ffmpeg_error")),
         ({"returncode": "bad"}, None, "", ("failed", "ffmpeg_error")),

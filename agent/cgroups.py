@@ -1,0 +1,255 @@
+"""Per-run cgroups: the kernel enforces a job's ``max_cpu_percent`` and ``max_memory_mb`` on its
+FFmpeg, with an agent that does not run as root. This module owns the layout; the attempt
+makes a run's cgroup, the run's supervisor puts FFmpeg in it and reads how it ended.
+
+Two layouts, chosen from what the agent's own process sees (``/proc/self/cgroup`` and
+``/proc/self/mountinfo``):
+
+- **cgroup v2**: the unit is delegated (``Delegate=yes``) and systemd puts the agent's
+  processes in a subgroup (``DelegateSubgroup=agent``, systemd 254 and newer), so the
+  service's own cgroup holds no process and can give ``cpu`` and ``memory`` to its children:
+  each run is a sibling of ``agent``. Without that subgroup the kernel's no-internal-process
+  rule makes systemd fail the unit's next start while a limited run lives in it (systemd 252
+  and older): there limits are refused, not half-enforced.
+- **cgroup v1** (legacy and hybrid hosts): systemd delegates only its own hierarchy there, so
+  the unit's root pre-start step (``python -m agent.cgroups prepare USER GROUP``) makes
+  ``ffrtmp-runs`` under the agent's cgroup in the ``memory`` and ``cpu`` hierarchies and hands
+  them to the agent's user; runs are its children. v1 has no internal-process rule, so a
+  restart under live runs is fine.
+
+A run's cgroup survives an agent restart with its FFmpeg (the next agent re-adopts the run);
+the supervisor removes it when FFmpeg has ended, and the agent's sweep removes any left empty.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import sys
+import time
+from dataclasses import dataclass
+
+V1_RUNS = "ffrtmp-runs"  # the agent's own v1 subtree, made by ``prepare``
+V2_SUBGROUP = "agent"  # DelegateSubgroup= of the agent's unit
+RUN_PREFIX = "run."
+PERIOD_US = 100_000
+STALE_AFTER_S = 120.0  # an empty run cgroup this old belongs to no run (FFmpeg joins in ms)
+
+
+@dataclass(frozen=True)
+class Layout:
+    version: int
+    parents: tuple[str, ...]  # v2: the service cgroup; v1: the memory and the cpu subtree
+
+    def dirs(self, name: str) -> list[str]:
+        return [os.path.join(p, RUN_PREFIX + name) for p in self.parents]
+
+
+def _unescape(field: str) -> str:
+    """mountinfo's octal escapes (``\\040`` for a space)."""
+    return field.encode().decode("unicode_escape") if "\\" in field else field
+
+
+def _mounts(mountinfo: str) -> tuple[dict[str, tuple[str, str]], str | None]:
+    """v1 controller -> (mount root, mount point), and the cgroup2 mount point."""
+    v1: dict[str, tuple[str, str]] = {}
+    v2 = None
+    for line in mountinfo.splitlines():
+        pre, sep, post = line.partition(" - ")
+        fields, tail = pre.split(), post.split()
+        if not sep or len(fields) < 5 or len(tail) < 3:
+            continue
+        root, point = _unescape(fields[3]), _unescape(fields[4])
+        if tail[0] == "cgroup2":
+            v2 = v2 or point
+        elif tail[0] == "cgroup":
+            for opt in tail[2].split(","):
+                v1.setdefault(opt, (root, point))
+    return v1, v2
+
+
+def _paths(proc_cgroup: str) -> dict[str, str]:
+    """controller -> this process's cgroup path ("" for the v2 line)."""
+    out: dict[str, str] = {}
+    for line in proc_cgroup.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) == 3:
+            for ctrl in parts[1].split(",") if parts[1] else [""]:
+                out[ctrl] = parts[2]
+    return out
+
+
+def _below(point: str, root: str, path: str) -> str | None:
+    """Where ``path`` (as /proc/self/cgroup names it) is under a mount of ``root``."""
+    if root != "/" and not (path == root or path.startswith(root + "/")):
+        return None
+    rel = path[len(root) :] if root != "/" else path
+    return os.path.normpath(point + "/" + rel.lstrip("/"))
+
+
+def locate(proc_cgroup: str, mountinfo: str) -> Layout | None:
+    """The layout this process would use (not yet checked for permission), or None."""
+    v1, v2 = _mounts(mountinfo)
+    paths = _paths(proc_cgroup)
+    if "memory" in v1 and "cpu" in v1:
+        own = [_below(*reversed(v1[c]), paths.get(c, "")) for c in ("memory", "cpu")]
+        if None in own:
+            return None
+        return Layout(1, tuple(os.path.join(str(d), V1_RUNS) for d in own))
+    if v2 is not None and "" in paths:
+        own2 = _below(v2, "/", paths[""])
+        if own2 and os.path.basename(own2) == V2_SUBGROUP:
+            return Layout(2, (os.path.dirname(own2),))
+    return None
+
+
+def _read(path: str) -> str:
+    with open(path) as fh:
+        return fh.read()
+
+
+def _write(path: str, value: str) -> None:
+    with open(path, "w") as fh:
+        fh.write(value)
+
+
+def _write_if_there(path: str, value: str) -> None:
+    """Write a control file the kernel may not offer (cgroupfs never creates one)."""
+    if os.path.exists(path):
+        _write(path, value)
+
+
+def _usable(lay: Layout) -> bool:
+    """Can this process make run cgroups there (and, on v2, are cpu and memory given)?"""
+    if lay.version == 1:
+        return all(os.path.isdir(p) and os.access(p, os.W_OK | os.X_OK) for p in lay.parents)
+    parent = lay.parents[0]
+    try:
+        given = _read(os.path.join(parent, "cgroup.controllers")).split()
+        if not {"cpu", "memory"} <= set(given):
+            return False
+        enabled = set(_read(os.path.join(parent, "cgroup.subtree_control")).split())
+        if not {"cpu", "memory"} <= enabled:
+            _write(os.path.join(parent, "cgroup.subtree_control"), "+cpu +memory")
+    except OSError:
+        return False
+    return os.access(parent, os.W_OK | os.X_OK)
+
+
+@functools.lru_cache(maxsize=1)
+def layout() -> Layout | None:
+    """This agent's run-cgroup layout, where it may use one (looked up once per process)."""
+    try:
+        lay = locate(_read("/proc/self/cgroup"), _read("/proc/self/mountinfo"))
+    except OSError:
+        return None
+    if lay is not None and lay.version == 1 and os.geteuid() == 0:
+        for p in lay.parents:  # root needs no prepare step
+            with contextlib.suppress(OSError):
+                os.makedirs(p, exist_ok=True)
+    return lay if lay is not None and _usable(lay) else None
+
+
+def create(lay: Layout, name: str, cpu_percent: int | None, memory_mb: int | None) -> list[str]:
+    """Make the run's cgroup with its limits set; returns its directories (OSError if not)."""
+    dirs = lay.dirs(name)
+    for d in dirs:
+        os.makedirs(d, exist_ok=True)
+    if lay.version == 2:
+        _set_v2(dirs[0], cpu_percent, memory_mb)
+    else:
+        _set_v1(dirs[0], dirs[1], cpu_percent, memory_mb)
+    return dirs
+
+
+def _set_v2(d: str, cpu_percent: int | None, memory_mb: int | None) -> None:
+    if cpu_percent is not None:
+        _write(os.path.join(d, "cpu.max"), f"{cpu_percent * PERIOD_US // 100} {PERIOD_US}")
+    if memory_mb is not None:
+        _write(os.path.join(d, "memory.max"), str(memory_mb * 1024 * 1024))
+        _write(os.path.join(d, "memory.oom.group"), "1")
+        _write_if_there(os.path.join(d, "memory.swap.max"), "0")  # absent: no swap accounting
+
+
+def _set_v1(mem: str, cpu: str, cpu_percent: int | None, memory_mb: int | None) -> None:
+    if cpu_percent is not None:
+        _write(os.path.join(cpu, "cpu.cfs_period_us"), str(PERIOD_US))
+        _write(os.path.join(cpu, "cpu.cfs_quota_us"), str(cpu_percent * PERIOD_US // 100))
+    if memory_mb is not None:
+        limit = str(memory_mb * 1024 * 1024)
+        _write(os.path.join(mem, "memory.limit_in_bytes"), limit)
+        _write_if_there(os.path.join(mem, "memory.memsw.limit_in_bytes"), limit)  # memory+swap
+
+
+def join(dirs: list[str]) -> None:
+    """Move the calling process into the run's cgroup (FFmpeg's child, just before exec)."""
+    for d in dirs:
+        _write(os.path.join(d, "cgroup.procs"), "0")
+
+
+def oom_kills(dirs: list[str]) -> int:
+    """How many processes the kernel's OOM killer killed in the run's cgroup."""
+    for d in dirs:
+        for name in ("memory.events", "memory.oom_control"):
+            with contextlib.suppress(OSError):
+                for line in _read(os.path.join(d, name)).splitlines():
+                    key, _, value = line.partition(" ")
+                    if key == "oom_kill" and value.strip().isdigit():
+                        return int(value)
+    return 0
+
+
+def remove(dirs: list[str]) -> None:
+    """Remove the run's cgroup once nothing runs in it (a populated one stays)."""
+    for d in dirs:
+        with contextlib.suppress(OSError):
+            os.rmdir(d)
+
+
+def sweep(lay: Layout, min_age_s: float = STALE_AFTER_S) -> int:
+    """Remove empty run cgroups older than ``min_age_s`` (their supervisor died before it
+    could); the kernel refuses to remove one that still holds a process."""
+    removed = 0
+    now = time.time()
+    for parent in lay.parents:
+        with contextlib.suppress(OSError), os.scandir(parent) as it:
+            for entry in it:
+                if not entry.name.startswith(RUN_PREFIX) or not entry.is_dir(follow_symlinks=False):
+                    continue
+                with contextlib.suppress(OSError):
+                    if now - entry.stat(follow_symlinks=False).st_mtime >= min_age_s:
+                        os.rmdir(entry.path)
+                        removed += 1
+    return removed
+
+
+def prepare(user: str, group: str) -> str:
+    """The unit's root pre-start step: on v1, make the agent's subtrees and hand them to its
+    user (systemd delegates only its own hierarchy there). Says what it found; never fails
+    the start (an agent without a usable layout refuses limited jobs)."""
+    try:
+        lay = locate(_read("/proc/self/cgroup"), _read("/proc/self/mountinfo"))
+    except OSError as exc:
+        return f"no cgroup information: {exc}"
+    if lay is None:
+        return "no usable cgroup layout: jobs with CPU or memory limits are refused on this node"
+    if lay.version == 2:
+        return f"cgroup v2, runs under {lay.parents[0]} (delegated by systemd)"
+    import shutil
+
+    try:
+        for p in lay.parents:
+            os.makedirs(p, exist_ok=True)
+            for path in (p, os.path.join(p, "cgroup.procs"), os.path.join(p, "tasks")):
+                shutil.chown(path, user, group)
+    except (OSError, LookupError) as exc:
+        return f"cannot prepare {', '.join(lay.parents)}: {exc}"
+    return f"cgroup v1, runs under {', '.join(lay.parents)} (owned by {user})"
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 4 or sys.argv[1] != "prepare":
+        print("usage: python -m agent.cgroups prepare USER GROUP", file=sys.stderr)
+        sys.exit(2)
+    print(prepare(sys.argv[2], sys.argv[3]))
