@@ -27,7 +27,7 @@ from ffrtmp.redisconn import redis_retry, until_redis_answers
 from ffrtmp.rundir import RunDir, remove_path, used_bytes, write_json_atomic
 
 from . import cgroups, disk
-from .limits import apply_limits, systemd_run_path
+from .limits import enforcers, limited_argv, run_cgroup
 from .outcome import Verdict, classify_exit, input_signature
 from .pipeline import AgentContext, Plan, PlanError, Segment, build_plan, needs_egress_proxy
 from .publish import OutputExists, publish, taken
@@ -111,6 +111,7 @@ class Attempt:
         self.input_bytes = 0
         self.expected_s: float | None = None
         self.cgroup_dirs: list[str] = []  # the run's own cgroup, where its limits are enforced
+        self._cgroup_layout: cgroups.Layout | None = None
         self.log = logging.LoggerAdapter(log, {"job": job.id, "attempt": lease.attempt, "node": lease.node})
 
     # --- reporting ------------------------------------------------------------------------
@@ -184,22 +185,31 @@ class Attempt:
             return
         self._new_run_dir()
         if self._start(plan):
-            cgroups.remove(self.cgroup_dirs)
             self._end(Ending("canceled", "canceled", "canceled before FFmpeg started"))
             return
         self._launch(spec, plan)
 
     def _limit(self, spec: JobSpec, plan: Plan) -> None:
         """The job's CPU and memory limits around FFmpeg (PlanError where unenforceable)."""
-        limited = apply_limits(
-            plan.argv,
-            f"{self.job.id}-{self.lease.attempt}",
-            spec.max_cpu_percent,
-            spec.max_memory_mb,
-            cgroups.layout(),
-            systemd_run_path(),
-        )
-        plan.argv, self.cgroup_dirs = limited.argv, limited.cgroup_dirs
+        if spec.max_cpu_percent is None and spec.max_memory_mb is None:
+            return
+        run = f"{self.job.id}-{self.lease.attempt}"
+        cpu, mem = spec.max_cpu_percent, spec.max_memory_mb
+        plan.argv, self._cgroup_layout = limited_argv(plan.argv, run, cpu, mem, enforcers())
+
+    def _make_cgroup(self, spec: JobSpec) -> bool:
+        """The run's own cgroup where its limits need one; False once the attempt ended."""
+        if self._cgroup_layout is None:
+            return True
+        run = f"{self.job.id}-{self.lease.attempt}"
+        try:
+            self.cgroup_dirs = run_cgroup(
+                self._cgroup_layout, self.ctx.node, run, spec.max_cpu_percent, spec.max_memory_mb
+            )
+        except PlanError as exc:
+            self._refused(exc)
+            return False
+        return True
 
     def _new_run_dir(self) -> None:
         self.rd = RunDir.create(
@@ -211,6 +221,8 @@ class Attempt:
         assert self.rd is not None
         remove_stale_parts(plan, self.job.id, self.lease.attempt)  # an earlier attempt's leftovers
         self._note_input(spec, plan)
+        if not self._make_cgroup(spec):
+            return
         self.runner_pid = spawn_detached(
             self.rd.path,
             plan.argv,

@@ -24,7 +24,7 @@ the supervisor removes it when FFmpeg has ended, and the agent's sweep removes a
 from __future__ import annotations
 
 import contextlib
-import functools
+import errno
 import os
 import sys
 import time
@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 V1_RUNS = "ffrtmp-runs"  # the agent's own v1 subtree, made by ``prepare``
 V2_SUBGROUP = "agent"  # DelegateSubgroup= of the agent's unit
-RUN_PREFIX = "run."
+RUN_PREFIX = "run@"  # run@<node>@<job>-<attempt>: '@' is in no node name or job id
 PERIOD_US = 100_000
 STALE_AFTER_S = 120.0  # an empty run cgroup this old belongs to no run (FFmpeg joins in ms)
 
@@ -42,8 +42,17 @@ class Layout:
     version: int
     parents: tuple[str, ...]  # v2: the service cgroup; v1: the memory and the cpu subtree
 
-    def dirs(self, name: str) -> list[str]:
-        return [os.path.join(p, RUN_PREFIX + name) for p in self.parents]
+    def dirs(self, node: str, run: str) -> list[str]:
+        return [os.path.join(p, run_name(node, run)) for p in self.parents]
+
+
+class CgroupsBusy(Exception):
+    """The agent's cgroup is delegated but cannot give controllers to runs yet (it still holds
+    processes of an earlier agent): limited jobs are a platform failure here for now."""
+
+
+def run_name(node: str, run: str) -> str:
+    return f"{RUN_PREFIX}{node}@{run}"
 
 
 def _unescape(field: str) -> str:
@@ -121,10 +130,13 @@ def _write_if_there(path: str, value: str) -> None:
 
 
 def _usable(lay: Layout) -> bool:
-    """Can this process make run cgroups there (and, on v2, are cpu and memory given)?"""
+    """Can this process make run cgroups there (and, on v2, are cpu and memory given)?
+    CgroupsBusy where the v2 subtree is ours but still holds an earlier agent's processes."""
     if lay.version == 1:
         return all(os.path.isdir(p) and os.access(p, os.W_OK | os.X_OK) for p in lay.parents)
     parent = lay.parents[0]
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return False
     try:
         given = _read(os.path.join(parent, "cgroup.controllers")).split()
         if not {"cpu", "memory"} <= set(given):
@@ -132,14 +144,22 @@ def _usable(lay: Layout) -> bool:
         enabled = set(_read(os.path.join(parent, "cgroup.subtree_control")).split())
         if not {"cpu", "memory"} <= enabled:
             _write(os.path.join(parent, "cgroup.subtree_control"), "+cpu +memory")
-    except OSError:
+    except OSError as exc:
+        if exc.errno == errno.EBUSY:  # the no-internal-process rule: runs of the agent before
+            raise CgroupsBusy(f"{parent} still holds processes of an earlier agent") from None
         return False
-    return os.access(parent, os.W_OK | os.X_OK)
+    return True
 
 
-@functools.lru_cache(maxsize=1)
+_found: Layout | None = None
+
+
 def layout() -> Layout | None:
-    """This agent's run-cgroup layout, where it may use one (looked up once per process)."""
+    """This agent's run-cgroup layout, where it may use one. A layout found is kept for the
+    process (the slots' horses inherit it); an absent one is looked for again next time."""
+    global _found
+    if _found is not None:
+        return _found
     try:
         lay = locate(_read("/proc/self/cgroup"), _read("/proc/self/mountinfo"))
     except OSError:
@@ -148,19 +168,26 @@ def layout() -> Layout | None:
         for p in lay.parents:  # root needs no prepare step
             with contextlib.suppress(OSError):
                 os.makedirs(p, exist_ok=True)
-    return lay if lay is not None and _usable(lay) else None
+    if lay is not None and _usable(lay):
+        _found = lay
+    return _found
 
 
-def create(lay: Layout, name: str, cpu_percent: int | None, memory_mb: int | None) -> list[str]:
-    """Make the run's cgroup with its limits set; returns its directories (OSError if not)."""
-    dirs = lay.dirs(name)
-    for d in dirs:
-        os.makedirs(d, exist_ok=True)
-    if lay.version == 2:
-        _set_v2(dirs[0], cpu_percent, memory_mb)
-    else:
-        _set_v1(dirs[0], dirs[1], cpu_percent, memory_mb)
-    return dirs
+def create(lay: Layout, dirs: list[str], cpu_percent: int | None, memory_mb: int | None) -> None:
+    """Make a run's cgroup (``lay.dirs``, new: never one another run holds) with its limits
+    set; OSError, with nothing left behind, if not."""
+    made: list[str] = []
+    try:
+        for d in dirs:
+            os.mkdir(d)
+            made.append(d)
+        if lay.version == 2:
+            _set_v2(dirs[0], cpu_percent, memory_mb)
+        else:
+            _set_v1(dirs[0], dirs[1], cpu_percent, memory_mb)
+    except OSError:
+        remove(made)
+        raise
 
 
 def _set_v2(d: str, cpu_percent: int | None, memory_mb: int | None) -> None:
@@ -188,16 +215,43 @@ def join(dirs: list[str]) -> None:
         _write(os.path.join(d, "cgroup.procs"), "0")
 
 
-def oom_kills(dirs: list[str]) -> int:
-    """How many processes the kernel's OOM killer killed in the run's cgroup."""
+def _counters(path: str) -> dict[str, int]:
+    """A flat-keyed cgroup file ("key value" lines, or one number), {} where unreadable."""
+    try:
+        text = _read(path)
+    except OSError:
+        return {}
+    out = {}
+    for line in text.splitlines():
+        key, _, value = line.rpartition(" ")
+        if value.strip().isdigit():
+            out[key or "value"] = int(value)
+    return out
+
+
+def oom_killed(dirs: list[str]) -> bool:
+    """Did the kernel kill the run at its own memory limit? An OOM kill counts only when the
+    run's cgroup also hit its limit (v2 ``oom``, v1 ``failcnt``): a host-wide OOM, or the limit
+    of a cgroup above it, kills without that, and is no fault of the job."""
     for d in dirs:
-        for name in ("memory.events", "memory.oom_control"):
-            with contextlib.suppress(OSError):
-                for line in _read(os.path.join(d, name)).splitlines():
-                    key, _, value = line.partition(" ")
-                    if key == "oom_kill" and value.strip().isdigit():
-                        return int(value)
-    return 0
+        events = _counters(os.path.join(d, "memory.events"))
+        if events:
+            return events.get("oom_kill", 0) > 0 and events.get("oom", 0) > 0
+        control = _counters(os.path.join(d, "memory.oom_control"))
+        if control:
+            return control.get("oom_kill", 0) > 0 and any(_v1_reached(d, kind) for kind in ("", "memsw."))
+    return False
+
+
+def _v1_reached(d: str, kind: str) -> bool:
+    """Did the run's v1 usage (``kind`` "" or "memsw.") reach its own limit? ``failcnt`` says so
+    where the kernel keeps it; the peak usage at the limit (within 1 %) says so everywhere."""
+
+    def value(name: str) -> int:
+        return _counters(os.path.join(d, f"memory.{kind}{name}")).get("value", 0)
+
+    limit = value("limit_in_bytes")
+    return value("failcnt") > 0 or (limit > 0 and value("max_usage_in_bytes") >= limit * 0.99)
 
 
 def remove(dirs: list[str]) -> None:
@@ -207,15 +261,19 @@ def remove(dirs: list[str]) -> None:
             os.rmdir(d)
 
 
-def sweep(lay: Layout, min_age_s: float = STALE_AFTER_S) -> int:
-    """Remove empty run cgroups older than ``min_age_s`` (their supervisor died before it
-    could); the kernel refuses to remove one that still holds a process."""
+def sweep(lay: Layout, node: str, keep: set[str], min_age_s: float = STALE_AFTER_S) -> int:
+    """Remove this node's run cgroups older than ``min_age_s`` but those named in ``keep``
+    (runs whose supervisor lives: it reads the cgroup once FFmpeg has ended, then removes
+    it); the kernel refuses to remove one that still holds a process."""
     removed = 0
     now = time.time()
+    mine = run_name(node, "")
     for parent in lay.parents:
         with contextlib.suppress(OSError), os.scandir(parent) as it:
             for entry in it:
-                if not entry.name.startswith(RUN_PREFIX) or not entry.is_dir(follow_symlinks=False):
+                if not entry.name.startswith(mine) or entry.name in keep:
+                    continue
+                if not entry.is_dir(follow_symlinks=False):
                     continue
                 with contextlib.suppress(OSError):
                     if now - entry.stat(follow_symlinks=False).st_mtime >= min_age_s:

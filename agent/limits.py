@@ -6,11 +6,11 @@ limits where neither works is refused, never silently run unlimited."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import shutil
 import subprocess
-from dataclasses import dataclass, field
 
 from . import cgroups
 from .pipeline import PlanError
@@ -40,37 +40,35 @@ def systemd_run_path() -> str | None:
 
 def warm() -> None:
     """Look both ways up once, before the slot forks a horse per job (they inherit them)."""
-    cgroups.layout()
+    with contextlib.suppress(cgroups.CgroupsBusy):
+        cgroups.layout()
     systemd_run_path()
 
 
-@dataclass
-class Limited:
-    """A run's argv with its limits applied, and the cgroup directories FFmpeg joins."""
+def enforcers() -> tuple[cgroups.Layout | None, str | None]:
+    """What this node can enforce limits with: its run-cgroup layout, systemd-run."""
+    try:
+        layout = cgroups.layout()
+    except cgroups.CgroupsBusy as exc:
+        raise PlanError("run_cgroup_failed", f"limits cannot be enforced yet: {exc}", platform=True) from None
+    return layout, systemd_run_path()
 
-    argv: list[str]
-    cgroup_dirs: list[str] = field(default_factory=list)
 
-
-def apply_limits(
+def limited_argv(
     argv: list[str],
-    run_name: str,
+    run: str,
     max_cpu_percent: int | None,
     max_memory_mb: int | None,
-    layout: cgroups.Layout | None,
-    systemd_run: str | None,
-) -> Limited:
-    """The run as it must start: unchanged without limits; else in its own cgroup (made
-    here) or wrapped in a scope. PlanError where neither is possible, or the cgroup cannot
-    be made (a platform failure: another node may manage)."""
+    enforce: tuple[cgroups.Layout | None, str | None],
+) -> tuple[list[str], cgroups.Layout | None]:
+    """The run's argv and the layout its own cgroup is made in at launch (``run_cgroup``):
+    unchanged without limits; else a cgroup where this agent has a subtree, or the argv
+    wrapped in a systemd scope. PlanError where neither can enforce them."""
     if max_cpu_percent is None and max_memory_mb is None:
-        return Limited(argv)
+        return argv, None
+    layout, systemd_run = enforce
     if layout is not None:
-        try:
-            return Limited(argv, cgroups.create(layout, run_name, max_cpu_percent, max_memory_mb))
-        except OSError as exc:
-            msg = f"cannot make the run's cgroup: {exc}"
-            raise PlanError("run_cgroup_failed", msg, platform=True) from exc
+        return argv, layout
     if systemd_run is None:
         raise PlanError(
             "limits_unenforceable",
@@ -83,5 +81,18 @@ def apply_limits(
         props += ["-p", f"CPUQuota={max_cpu_percent}%"]
     if max_memory_mb is not None:
         props += ["-p", f"MemoryMax={max_memory_mb}M", "-p", "MemorySwapMax=0"]
-    unit = f"ffrtmp-job-{run_name}"
-    return Limited([systemd_run, "--scope", "--quiet", "--collect", f"--unit={unit}", *props, "--", *argv])
+    unit = f"ffrtmp-job-{run}"
+    return [systemd_run, "--scope", "--quiet", "--collect", f"--unit={unit}", *props, "--", *argv], None
+
+
+def run_cgroup(
+    layout: cgroups.Layout, node: str, run: str, max_cpu_percent: int | None, max_memory_mb: int | None
+) -> list[str]:
+    """Make the run's own cgroup, just before its supervisor starts (a platform failure, for
+    another node to try, where it cannot be made)."""
+    dirs = layout.dirs(node, run)
+    try:
+        cgroups.create(layout, dirs, max_cpu_percent, max_memory_mb)
+    except OSError as exc:
+        raise PlanError("run_cgroup_failed", f"cannot make the run's cgroup: {exc}", platform=True) from exc
+    return dirs

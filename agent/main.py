@@ -245,15 +245,25 @@ class Agent:
         quiet = 2 * orphan_deadline(self.cfg.heartbeat_interval)
         every = max(5.0, min(30.0, quiet / 2))
         while not self.stopping:
+            await asyncio.to_thread(self._sweep_cgroups)
             try:
                 await asyncio.to_thread(sweep_partials, self.conn, self.cfg.work_dir, quiet)
-                if lay := cgroups.layout():
-                    await asyncio.to_thread(cgroups.sweep, lay)
                 if self.cfg.output_roots:
                     await asyncio.to_thread(segments.sweep, self.conn, self.cfg.output_roots[0])
             except (redis.RedisError, OSError) as exc:
                 log.warning("cannot sweep dead runs now: %s", exc)
             await asyncio.sleep(every)
+
+    def _sweep_cgroups(self) -> None:
+        """Remove the cgroups of this node's runs whose supervisor died before it could."""
+        with contextlib.suppress(cgroups.CgroupsBusy, OSError):
+            if lay := cgroups.layout():
+                keep = {
+                    cgroups.run_name(self.cfg.name, f"{rd.job_id}-{rd.attempt}")
+                    for rd in RunDir.all(self.cfg.work_dir)
+                    if rd.runner_alive()
+                }
+                cgroups.sweep(lay, self.cfg.name, keep)
 
     async def watch_drain(self) -> None:
         """Follow the node's drain flag (set through the API): draining stops every slot's RQ

@@ -347,8 +347,11 @@ def _file_tail(ext: str, codec: str) -> tuple[list[str], list[str]]:
 
 
 def file_output(spec: JobSpec, job_id: str, ctx: AgentContext) -> str:
-    """Where a file job's output goes (resolved under the output root)."""
+    """Where a file job's output goes (resolved under the output root): a file, or for an HLS
+    ladder the directory its playlists and segments go into."""
     preset: Preset = PRESETS[spec.scenario]
+    if preset.kind == "hls":
+        return resolve_output(spec.output, job_id, ctx)
     codec = spec.codec or preset.codec
     ext = DEFAULT_EXT[codec] if preset.realtime is False else ".ts"
     return resolve_output(spec.output, job_id + ext, ctx)
@@ -418,55 +421,12 @@ def build_plan(
         return _segment_plan(argv, spec, job_id, attempt, ctx, segment, (encoder, family), input_desc)
 
     if preset.kind == "hls":
-        rungs = preset.ladder if not spec.resolution else ((width, height, kbps),)
-        final = resolve_output(spec.output, job_id, ctx)
+        rungs = _rungs(spec, preset, (width, height, kbps))
+        final = file_output(spec, job_id, ctx)
         tmp = _tmp_name(final, job_id, attempt)
-        n = len(rungs)
-        parts = ["[0:v]split=" + str(n) + "".join(f"[s{i}]" for i in range(n))]
-        for i, (w, h, _k) in enumerate(rungs):
-            f = _scale_filter(w, h, family, True)
-            parts.append(f"[s{i}]{f}[v{i}]")
-        argv += ["-filter_complex", ";".join(parts)]
+        argv += _ladder_video(rungs, (encoder, family), speed, fps, realtime)
         audio_src = "1:a:0" if spec.input is None else "0:a:0?"
-        for i, (_w, _h, k) in enumerate(rungs):
-            per_stream = {
-                "-c:v": f"-c:v:{i}",
-                "-b:v": f"-b:v:{i}",
-                "-maxrate": f"-maxrate:v:{i}",
-                "-bufsize": f"-bufsize:v:{i}",
-            }
-            venc = _video_args(encoder, family, k, speed, fps, realtime)
-            argv += ["-map", f"[v{i}]", *(per_stream.get(a, a) for a in venc)]
-        for _ in rungs:
-            argv += ["-map", audio_src]
-        argv += [
-            "-c:a",
-            "aac",
-            "-b:a",
-            "128k",
-            "-ac",
-            "2",
-            "-ar",
-            "48000",
-            "-r",
-            f"{fps:g}",
-            *t_args,
-            "-f",
-            "hls",
-            "-hls_time",
-            "4",
-            "-hls_playlist_type",
-            "vod",
-            "-hls_flags",
-            "independent_segments",
-            "-hls_segment_filename",
-            os.path.join(tmp, "v%v", "seg_%05d.ts"),
-            "-master_pl_name",
-            "master.m3u8",
-            "-var_stream_map",
-            " ".join(f"v:{i},a:{i}" for i in range(n)),
-            os.path.join(tmp, "v%v", "index.m3u8"),
-        ]
+        argv += _hls_tail(tmp, len(rungs), audio_src, ["-r", f"{fps:g}", *t_args])
         return Plan(
             argv, "hls", encoder, rungs[0][0], rungs[0][1], fps, codec, duration, final, tmp, input_desc
         )
@@ -488,6 +448,57 @@ def build_plan(
     return Plan(argv, "file", encoder, width, height, fps, codec, duration, final, tmp, input_desc)
 
 
+Rung = tuple[int, int, int]  # width, height, kb/s
+
+
+def _rungs(spec: JobSpec, preset: Preset, asked: Rung) -> tuple[Rung, ...]:
+    """An HLS job's renditions: the preset's ladder, or the one size the job asked for."""
+    return preset.ladder if not spec.resolution else (asked,)
+
+
+def _ladder_video(
+    rungs: tuple[Rung, ...], picked: tuple[str, str], speed: str, fps: float, realtime: bool
+) -> list[str]:
+    """The input's video split into one scaled stream per rendition, each at its own rate."""
+    encoder, family = picked
+    n = len(rungs)
+    parts = ["[0:v]split=" + str(n) + "".join(f"[s{i}]" for i in range(n))]
+    for i, (w, h, _k) in enumerate(rungs):
+        parts.append(f"[s{i}]{_scale_filter(w, h, family, True)}[v{i}]")
+    argv = ["-filter_complex", ";".join(parts)]
+    for i, (_w, _h, k) in enumerate(rungs):
+        per_stream = {"-c:v": f"-c:v:{i}", "-b:v": f"-b:v:{i}", "-maxrate": f"-maxrate:v:{i}"}
+        per_stream["-bufsize"] = f"-bufsize:v:{i}"
+        venc = _video_args(encoder, family, k, speed, fps, realtime)
+        argv += ["-map", f"[v{i}]", *(per_stream.get(a, a) for a in venc)]
+    return argv
+
+
+def _hls_tail(tmp: str, n: int, audio_src: str, extra: list[str]) -> list[str]:
+    """The audio of every rendition and the HLS muxer: one playlist per rendition under
+    ``tmp``/v<i>/ and the master playlist beside them."""
+    argv = [arg for _ in range(n) for arg in ("-map", audio_src)]
+    argv += ["-c:a", "aac", "-b:a", "128k", "-ac", "2", "-ar", "48000", *extra]
+    return [
+        *argv,
+        "-f",
+        "hls",
+        "-hls_time",
+        "4",
+        "-hls_playlist_type",
+        "vod",
+        "-hls_flags",
+        "independent_segments",
+        "-hls_segment_filename",
+        os.path.join(tmp, "v%v", "seg_%05d.ts"),
+        "-master_pl_name",
+        "master.m3u8",
+        "-var_stream_map",
+        " ".join(f"v:{i},a:{i}" for i in range(n)),
+        os.path.join(tmp, "v%v", "index.m3u8"),
+    ]
+
+
 def _segment_plan(
     argv: list[str],
     spec: JobSpec,
@@ -499,16 +510,23 @@ def _segment_plan(
     input_desc: str,
 ) -> Plan:
     """A segment: the parent's video encode of ``[start, end)``, no audio (the join encodes
-    it once for the whole input), into an MP4 intermediate."""
+    it once for the whole input), into an MP4 intermediate; for an HLS ladder one video track
+    per rendition in that file."""
     preset: Preset = PRESETS[spec.scenario]
     encoder, family = picked
     codec = spec.codec or preset.codec
     width, height = parse_resolution(spec.resolution) if spec.resolution else (preset.width, preset.height)
     fps = spec.fps or preset.fps
     kbps = parse_bitrate_kbps(spec.bitrate) if spec.bitrate else preset.bitrate_kbps
-    vf = _scale_filter(width, height, family, True)
-    argv += ["-map", "0:v:0", "-an", *(["-vf", vf] if vf else []), "-r", f"{fps:g}"]
-    argv += _video_args(encoder, family, kbps, spec.preset or preset.preset, fps, False)
+    speed = spec.preset or preset.preset
+    if preset.kind == "hls":
+        rungs = _rungs(spec, preset, (width, height, kbps))
+        width, height = rungs[0][0], rungs[0][1]
+        argv += [*_ladder_video(rungs, picked, speed, fps, False), "-an", "-r", f"{fps:g}"]
+    else:
+        vf = _scale_filter(width, height, family, True)
+        argv += ["-map", "0:v:0", "-an", *(["-vf", vf] if vf else []), "-r", f"{fps:g}"]
+        argv += _video_args(encoder, family, kbps, speed, fps, False)
     final = resolve_output(seg.path, seg.path, ctx)
     tmp = _tmp_name(final, job_id, attempt)
     tag = ["-tag:v", "hvc1"] if codec == "h265" else []
@@ -525,13 +543,20 @@ def build_join_plan(
     preset: Preset = PRESETS[spec.scenario]
     codec = spec.codec or preset.codec
     width, height = parse_resolution(spec.resolution) if spec.resolution else (preset.width, preset.height)
+    fps = spec.fps or preset.fps
     path = resolve_input(str(spec.input), ctx)
     final = file_output(spec, job_id, ctx)
-    audio, extra = _file_tail(posixpath.splitext(final)[1].lower(), codec)
     tmp = _tmp_name(final, job_id, attempt)
     argv = _base_argv(ctx)
     argv += ["-f", "concat", "-protocol_whitelist", "file", "-i", "file:" + concat_list]
-    argv += [*input_guard(path), "-i", "file:" + path, "-map", "0:v:0", "-map", "1:a:0?", "-c:v", "copy"]
-    argv += [*audio, "-t", f"{seconds:.6f}", *extra, "file:" + tmp]
-    fps = spec.fps or preset.fps
+    argv += [*input_guard(path), "-i", "file:" + path]
+    t_args = ["-t", f"{seconds:.6f}"]
+    if preset.kind == "hls":  # each rendition's track copied into its own playlist
+        kbps = parse_bitrate_kbps(spec.bitrate) if spec.bitrate else preset.bitrate_kbps
+        rungs = _rungs(spec, preset, (width, height, kbps))
+        argv += [arg for i in range(len(rungs)) for arg in ("-map", f"0:v:{i}")] + ["-c:v", "copy"]
+        argv += _hls_tail(tmp, len(rungs), "1:a:0?", t_args)
+        return Plan(argv, "hls", "copy", rungs[0][0], rungs[0][1], fps, codec, seconds, final, tmp, path)
+    audio, extra = _file_tail(posixpath.splitext(final)[1].lower(), codec)
+    argv += ["-map", "0:v:0", "-map", "1:a:0?", "-c:v", "copy", *audio, *t_args, *extra, "file:" + tmp]
     return Plan(argv, "file", "copy", width, height, fps, codec, seconds, final, tmp, path)

@@ -172,6 +172,8 @@ def supervise(
             write_json_atomic(progress_path, parsed)
             block = {}
     rc = proc.wait()
+    oom = cgroups.oom_killed(cgroup_dirs) if cgroup_dirs else False  # first: its counters go with it
+    cgroups.remove(cgroup_dirs or [])
     t.join(timeout=5)
     partial_bytes = None
     if tmp_output and (rc != 0 or state["orphaned"]):
@@ -180,8 +182,6 @@ def supervise(
         # disk-full marker)
         partial_bytes = used_bytes(tmp_output)
         remove_path(tmp_output)
-    oom_kills = cgroups.oom_kills(cgroup_dirs) if cgroup_dirs else 0
-    cgroups.remove(cgroup_dirs or [])
     if proxy is not None:
         proxy.shutdown()
         proxy.server_close()
@@ -196,7 +196,7 @@ def supervise(
             "orphaned": state["orphaned"],
             "partial_bytes": partial_bytes,
             "egress_refused": refused[:20],
-            "oom_killed": oom_kills > 0,
+            "oom_killed": oom,
         },
     )
     return rc

@@ -376,11 +376,7 @@ class JobSpec(BaseModel):
             return
         if self.segment_seconds is not None and not math.isfinite(self.segment_seconds):
             raise SubmissionError("segment_seconds", "must be a finite number")
-        if kind == "hls":
-            raise SubmissionError(
-                "segmented", "segmented hls-ladder is not supported yet; use a file scenario"
-            )
-        if kind != "file" or realtime:
+        if kind not in ("file", "hls") or realtime:
             raise SubmissionError("segmented", f"{self.scenario} is realtime work and cannot be segmented")
         if self.input is None or is_url(self.input):
             raise SubmissionError("segmented", "segmented needs an input file (not a test pattern or a URL)")

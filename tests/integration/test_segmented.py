@@ -294,3 +294,42 @@ def test_other_codecs_join_into_their_containers(stack: Stack, scenario, codec, 
     assert video["codec_name"] == probe_name and video["nb_read_packets"] == "360"
     assert abs(video["format_duration"] - 12.0) <= 2 * FRAME_S
     assert probe_stream(stack.outputs / output, "a:0")["codec_name"] == ("opus" if codec == "vp9" else "aac")
+
+
+def rendition_playlists(root: Path) -> list[Path]:
+    """The variant playlists a master playlist names, in its order."""
+    lines = (root / "master.m3u8").read_text().split()
+    return [root / ln for ln in lines if ln and not ln.startswith("#")]
+
+
+def test_an_hls_ladder_is_segmented_per_rendition_and_joined_into_each_playlist(stack: Stack) -> None:
+    client = stack.client  # type: ignore[attr-defined]
+    if not (stack.inputs / "short.mp4").exists():
+        make_clip(stack.inputs / "short.mp4", 12, "320x240", 30)
+    spec = {"scenario": "hls-ladder", "input": "short.mp4", "preset": "ultrafast"}
+    single = wait_terminal(client, client.post("/jobs", {**spec, "output": "ladder-single"})["id"])
+    assert single["state"] == "completed", single
+    job = client.post("/jobs", {**spec, "output": "ladder-seg", "segmented": True, "segment_seconds": 4})
+    end = wait_terminal(client, job["id"])
+    assert end["state"] == "completed", end
+    assert end["segments"]["count"] >= 3
+    one, seg = (
+        rendition_playlists(stack.outputs / "ladder-single"),
+        rendition_playlists(stack.outputs / "ladder-seg"),
+    )
+    assert len(seg) == len(one) == 3
+    for (w, h), a, b in zip(((1920, 1080), (1280, 720), (854, 480)), one, seg, strict=True):
+        va, vb = probe_stream(a, "v:0"), probe_stream(b, "v:0")
+        assert (vb["codec_name"], vb["width"], vb["height"]) == ("h264", w, h), vb
+        assert vb["nb_read_packets"] == va["nb_read_packets"] == "360", (va, vb)
+        assert abs(vb["format_duration"] - va["format_duration"]) <= 2 * FRAME_S, (va, vb)
+        extinf = sum(
+            float(ln.split(":")[1].rstrip(",")) for ln in b.read_text().split() if ln.startswith("#EXTINF")
+        )
+        assert abs(extinf - 12.0) <= 2 * FRAME_S, extinf
+        dts = [d for _, d in packet_times(b)]
+        assert all(later > earlier for earlier, later in itertools.pairwise(dts)), f"DTS not monotonic in {b}"
+        assert probe_stream(b, "a:0")["codec_name"] == "aac"
+    master = (stack.outputs / "ladder-seg" / "master.m3u8").read_text()
+    assert master.count("#EXT-X-STREAM-INF") == 3 and "AVERAGE-BANDWIDTH" in master
+    assert not (stack.outputs / ".ffrtmp-segments" / job["id"]).exists()

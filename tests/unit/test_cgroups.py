@@ -6,7 +6,7 @@ import time
 import pytest
 
 from agent import cgroups
-from agent.limits import apply_limits
+from agent.limits import limited_argv, run_cgroup
 from agent.pipeline import PlanError
 
 HYBRID_MOUNTS = """\
@@ -44,7 +44,7 @@ def test_v1_runs_live_under_the_agents_own_cgroup_in_the_memory_and_cpu_hierarch
             "/sys/fs/cgroup/cpu,cpuacct/system.slice/ffrtmp-agent.service/ffrtmp-runs",
         ),
     )
-    assert lay.dirs("j-2")[0].endswith("/ffrtmp-runs/run.j-2")
+    assert lay.dirs("n1", "j-2")[0].endswith("/ffrtmp-runs/run@n1@j-2")
 
 
 def test_v1_paths_are_taken_relative_to_each_mounts_root():
@@ -65,51 +65,82 @@ def test_v2_needs_the_agent_in_its_delegated_subgroup():
     assert cgroups.locate("0::/x/agent\n", "garbage line\n") is None
 
 
+def _made(lay, cpu, mem):
+    dirs = lay.dirs("n1", "j-1")
+    for p in lay.parents:
+        os.makedirs(p, exist_ok=True)
+    cgroups.create(lay, dirs, cpu, mem)
+    return dirs
+
+
 def test_v1_limit_files_are_written_as_the_kernel_reads_them(tmp_path):
     lay = cgroups.Layout(1, (str(tmp_path / "mem"), str(tmp_path / "cpu")))
-    dirs = cgroups.create(lay, "j-1", 150, 64)
+    dirs = _made(lay, 150, 64)
     read = {n: _text(os.path.join(d, n)) for d in dirs for n in os.listdir(d)}
     assert read == {
         "cpu.cfs_period_us": "100000",
         "cpu.cfs_quota_us": "150000",
         "memory.limit_in_bytes": str(64 << 20),
     }
+    with pytest.raises(FileExistsError):  # never a cgroup another run holds
+        cgroups.create(lay, dirs, 150, 64)
 
 
-def test_v2_limit_files_and_the_oom_count(tmp_path):
+def _write(path, text):
+    with open(path, "w") as fh:
+        fh.write(text)
+
+
+def test_v2_limit_files_and_an_oom_kill_at_the_runs_own_limit(tmp_path):
     lay = cgroups.Layout(2, (str(tmp_path),))
-    (d,) = cgroups.create(lay, "j-1", 50, 128)
+    (d,) = _made(lay, 50, 128)
     assert _text(os.path.join(d, "cpu.max")) == "50000 100000"
     assert _text(os.path.join(d, "memory.max")) == str(128 << 20)
     assert _text(os.path.join(d, "memory.oom.group")) == "1"
-    assert cgroups.oom_kills([d]) == 0
-    with open(os.path.join(d, "memory.events"), "w") as fh:
-        fh.write("low 0\nhigh 0\nmax 12\noom 1\noom_kill 1\n")
-    assert cgroups.oom_kills([d]) == 1
+    assert not cgroups.oom_killed([d])
+    # killed by an OOM that is not this cgroup's limit (the host's, a parent's): not the job's
+    _write(os.path.join(d, "memory.events"), "low 0\nhigh 0\nmax 0\noom 0\noom_kill 1\n")
+    assert not cgroups.oom_killed([d])
+    _write(os.path.join(d, "memory.events"), "low 0\nhigh 0\nmax 12\noom 1\noom_kill 1\n")
+    assert cgroups.oom_killed([d])
 
 
-def test_the_sweep_removes_only_old_empty_run_cgroups(tmp_path):
+def test_v1_an_oom_kill_counts_only_where_the_run_hit_its_own_limit(tmp_path):
+    d = tmp_path / "run"
+    d.mkdir()
+    _write(d / "memory.oom_control", "oom_kill_disable 0\nunder_oom 0\noom_kill 1\n")
+    _write(d / "memory.failcnt", "0\n")
+    _write(d / "memory.limit_in_bytes", str(1024 << 20))
+    _write(d / "memory.max_usage_in_bytes", str(100 << 20))  # killed at a parent's 100 MB
+    assert not cgroups.oom_killed([str(d)])
+    _write(d / "memory.max_usage_in_bytes", str(1024 << 20))  # at its own limit (failcnt kept 0)
+    assert cgroups.oom_killed([str(d)])
+    _write(d / "memory.max_usage_in_bytes", "0\n")
+    _write(d / "memory.failcnt", "990\n")
+    assert cgroups.oom_killed([str(d)])
+
+
+def test_the_sweep_removes_only_this_nodes_old_run_cgroups_without_a_live_supervisor(tmp_path):
     lay = cgroups.Layout(2, (str(tmp_path),))
-    old, young, other = tmp_path / "run.a-1", tmp_path / "run.b-1", tmp_path / "agent"
-    for d in (old, young, other):
-        d.mkdir()
+    names = ["run@n1@a-1", "run@n1@b-1", "run@n1@c-1", "run@n1.x@d-1", "agent"]
+    for n in names:
+        (tmp_path / n).mkdir()
     past = time.time() - cgroups.STALE_AFTER_S - 5
-    os.utime(old, (past, past))
-    os.utime(other, (past, past))
-    assert cgroups.sweep(lay) == 1
-    assert not old.exists() and young.exists() and other.exists()
+    for n in ("run@n1@a-1", "run@n1@c-1", "run@n1.x@d-1", "agent"):
+        os.utime(tmp_path / n, (past, past))
+    assert cgroups.sweep(lay, "n1", keep={"run@n1@c-1"}) == 1
+    assert sorted(os.listdir(tmp_path)) == ["agent", "run@n1.x@d-1", "run@n1@b-1", "run@n1@c-1"]
 
 
 def test_limits_go_into_a_cgroup_where_there_is_one_and_are_refused_where_nothing_enforces_them(tmp_path):
     lay = cgroups.Layout(2, (str(tmp_path),))
-    limited = apply_limits(["ffmpeg"], "jx-1", None, 256, lay, None)
-    assert limited.argv == ["ffmpeg"] and limited.cgroup_dirs == [str(tmp_path / "run.jx-1")]
-    assert apply_limits(["ffmpeg"], "jx-1", None, None, None, None).cgroup_dirs == []
+    assert limited_argv(["ffmpeg"], "jx-1", None, 256, (lay, None)) == (["ffmpeg"], lay)
+    assert limited_argv(["ffmpeg"], "jx-1", None, None, (None, None)) == (["ffmpeg"], None)
     with pytest.raises(PlanError) as exc:
-        apply_limits(["ffmpeg"], "jx-1", None, 512, None, None)
+        limited_argv(["ffmpeg"], "jx-1", None, 512, (None, None))
     assert exc.value.reason == "limits_unenforceable" and not exc.value.platform
-    broken = cgroups.Layout(2, (str(tmp_path / "file"),))
+    assert run_cgroup(lay, "n1", "jx-1", None, 256) == [str(tmp_path / "run@n1@jx-1")]
     (tmp_path / "file").write_text("")
     with pytest.raises(PlanError) as exc:
-        apply_limits(["ffmpeg"], "jx-1", 50, None, broken, None)
+        run_cgroup(cgroups.Layout(2, (str(tmp_path / "file"),)), "n1", "jx-1", 50, None)
     assert exc.value.reason == "run_cgroup_failed" and exc.value.platform

@@ -85,13 +85,14 @@ def test_hls_ladder_has_three_renditions(ctx):
 
 
 def test_limits_wrap_ffmpeg_in_a_systemd_scope_where_there_is_no_cgroup_of_ours():
-    from agent.limits import apply_limits
+    from agent.limits import limited_argv
 
-    argv = apply_limits(["ffmpeg", "-i", "x"], "jx-2", 150, 512, None, "/usr/bin/systemd-run").argv
+    argv, layout = limited_argv(["ffmpeg", "-i", "x"], "jx-2", 150, 512, (None, "/usr/bin/systemd-run"))
+    assert layout is None
     assert argv[:5] == ["/usr/bin/systemd-run", "--scope", "--quiet", "--collect", "--unit=ffrtmp-job-jx-2"]
     assert "CPUQuota=150%" in argv and "MemoryMax=512M" in argv
     assert argv[argv.index("--") + 1 :] == ["ffmpeg", "-i", "x"]
-    assert apply_limits(["ffmpeg"], "jx-1", None, None, None, None).argv == ["ffmpeg"]
+    assert limited_argv(["ffmpeg"], "jx-1", None, None, (None, None)) == (["ffmpeg"], None)
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,6 @@ FILE = {"scenario": "720p-h264", "input": "a.mp4", "segmented": True}
 @pytest.mark.parametrize(
     ("extra", "field"),
     [
-        ({"scenario": "hls-ladder"}, "segmented"),
         ({"scenario": "live-4k"}, "segmented"),
         ({"input": None}, "segmented"),
         ({"input": "rtmp://cam.example/live/x"}, "segmented"),
@@ -34,6 +33,11 @@ def test_segmented_is_refused_where_it_cannot_work(extra, field):
     with pytest.raises(SubmissionError) as err:
         validate_spec(body)
     assert err.value.field == field, err.value.message
+
+
+def test_a_segmented_hls_ladder_is_accepted():
+    spec = validate_spec({**FILE, "scenario": "hls-ladder", "output": None})
+    assert spec.segmented is True
 
 
 def test_a_segmented_file_job_is_accepted():
