@@ -257,6 +257,23 @@ def test_cancel_reaches_every_segment_and_leaves_nothing(stack: Stack) -> None:
     client.post(f"/jobs/{job['id']}/cancel")
     end = wait_terminal(client, job["id"], timeout=180)
     assert end["state"] == "canceled", end
+    assert_segments_stopped_and_gone(stack, client, end, "c.mp4")
+
+
+def test_the_timeout_of_a_segmented_job_stops_every_segment_and_leaves_nothing(stack: Stack) -> None:
+    client = stack.client  # type: ignore[attr-defined]
+    long_clip(stack)  # 60 s at x264 medium: far longer than the timeout on this machine
+    spec = {**SPEC, "input": "long.mp4", "output": "t.mp4", "segmented": True, "segment_seconds": 10}
+    job = client.post("/jobs", {**spec, "preset": "medium", "timeout": 8})
+    end = wait_terminal(client, job["id"], timeout=180)
+    assert end["state"] == "timed_out" and end["error"]["reason"] == "timed_out", end
+    assert_segments_stopped_and_gone(stack, client, end, "t.mp4")
+
+
+def assert_segments_stopped_and_gone(stack: Stack, client: Client, end: dict, output: str) -> None:
+    """Every segment of an ended job ends too (none completes as if it mattered), no FFmpeg of
+    it runs (the process table), and neither its segment files nor an output are left."""
+    job = end
     deadline = time.monotonic() + 60  # the segments end within their grace
     while time.monotonic() < deadline:
         kids = children_of(client, end)
@@ -274,12 +291,16 @@ def test_cancel_reaches_every_segment_and_leaves_nothing(stack: Stack) -> None:
     while time.monotonic() < deadline and left.exists():
         time.sleep(0.2)
     assert not left.exists()
-    assert not (stack.outputs / "c.mp4").exists()
+    assert not (stack.outputs / output).exists()
 
 
 @pytest.mark.parametrize(
     ("scenario", "codec", "output", "probe_name"),
-    [("480p-h264", "vp9", "v.webm", "vp9"), ("4k-h265", "h265", "h.mp4", "hevc")],
+    [
+        ("480p-h264", "vp9", "v.webm", "vp9"),
+        ("4k-h265", "h265", "h.mp4", "hevc"),
+        ("720p-h264", "av1", "a.mp4", "av1"),
+    ],
 )
 def test_other_codecs_join_into_their_containers(stack: Stack, scenario, codec, output, probe_name) -> None:
     client = stack.client  # type: ignore[attr-defined]
