@@ -886,11 +886,13 @@ def _run_loadtest(ctx: Ctx, plan: Any, out: Path) -> dict[str, Any]:
     sender = threading.Thread(target=lambda: result.update(subs=lt.submit_all(plan, post, t0)), daemon=True)
     sender.start()
     timeline: list[tuple[float, int, int]] = []
+    node_samples: list[dict[str, Any]] = []
     jobs: dict[str, dict[str, Any]] = {}
     give_up = t0 + plan.jobs / plan.rate + plan.wait_s
     while True:
         try:
             jobs = lt.collect(lambda p: ctx.client_call("GET", p), plan.run_id)
+            node_samples.append(lt.node_sample(lambda p: ctx.client_call("GET", p), time.monotonic() - t0))
         except CallFailed as exc:  # a bad moment of the coordinator's: counted on the next look
             click.echo(f"\nlisting failed: {exc.message}", err=True)
         ended = sum(1 for j in jobs.values() if j.get("state") in lt.TERMINAL)
@@ -906,8 +908,8 @@ def _run_loadtest(ctx: Ctx, plan: Any, out: Path) -> dict[str, Any]:
     sampler.halt.set()
     sampler.join(5)
     subs = result.get("subs", [])
-    summary = lt.summarize(plan, subs, jobs, sampler.samples, time.monotonic() - t0)
-    lt.write_report(out, summary, subs, jobs, sampler.samples, timeline)
+    summary = lt.summarize(plan, subs, jobs, sampler.samples, time.monotonic() - t0, node_samples)
+    lt.write_report(out, summary, subs, jobs, sampler.samples, timeline, node_samples)
     return summary
 
 

@@ -1,6 +1,7 @@
 """``ffrtmp loadtest``: submit a stream of jobs at a set rate to a running fleet, watch them
 end, and report what it cost: submit latency, queue wait and run time per tier, completion
-rate, failures by reason, and the CPU and memory of the fleet's processes on this host.
+rate, failures by reason, the CPU and memory of the fleet's processes on this host, and every
+agent's host CPU, memory, load and busy slots from its own heartbeats (remote agents too).
 
 The jobs are ordinary ones (test-pattern input, each labelled ``loadtest=<run id>``), so they
 go through the same API, queues, agents and FFmpeg as any other; the run finds them again by
@@ -140,6 +141,48 @@ class Sampler(threading.Thread):
             )
 
 
+NODE_FIELDS = ("cpu_percent", "memory_percent", "load1", "slots_busy", "slots", "last_heartbeat")
+
+
+def node_sample(get: Callable[[str], Any], t: float) -> dict[str, Any]:
+    """Every agent's own last heartbeat, wherever it runs: its host's CPU and memory use, its
+    load and busy slots (numbers only: a record is untrusted)."""
+    nodes: dict[str, dict[str, float]] = {}
+    for n in get("/nodes?limit=1000").get("nodes", []):
+        name = n.get("name") if isinstance(n, dict) else None
+        if isinstance(name, str):
+            nodes[name] = {k: n[k] for k in NODE_FIELDS if _number(n.get(k))}
+    return {"t": round(t, 2), "nodes": nodes}
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def agents_summary(samples: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per agent over the run: host CPU % mean and max, memory % and load max, slots busy max,
+    each heartbeat counted once (an agent writes them every heartbeat interval)."""
+    out: dict[str, dict[str, Any]] = {}
+    for name in sorted({n for x in samples for n in x["nodes"]}):
+        rows = [x["nodes"][name] for x in samples if name in x["nodes"]]
+        seen = list({r.get("last_heartbeat"): r for r in rows}.values())
+
+        def col(key: str, rows: list[dict[str, float]] = seen) -> list[float]:
+            return [r[key] for r in rows if key in r]
+
+        cpu = col("cpu_percent")
+        out[name] = {
+            "heartbeats": len(seen),
+            "cpu_pct_mean": round(sum(cpu) / len(cpu), 1) if cpu else None,
+            "cpu_pct_max": max(cpu, default=None),
+            "memory_pct_max": max(col("memory_percent"), default=None),
+            "load1_max": round(max(col("load1"), default=0.0), 2) if col("load1") else None,
+            "slots_busy_max": max(col("slots_busy"), default=None),
+            "slots": max(col("slots"), default=None),
+        }
+    return out
+
+
 def _kind(cmdline: list[str]) -> str | None:
     head = " ".join(cmdline[:4])  # "python -P -m agent.runner" names itself 4th
     for kind, names in KINDS.items():
@@ -219,8 +262,10 @@ def summarize(
     jobs: dict[str, dict[str, Any]],
     samples: list[dict[str, Any]],
     wall_s: float,
+    node_samples: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """What the report says, from the submissions, the jobs' views and the process samples."""
+    """What the report says, from the submissions, the jobs' views, the process samples of
+    this host and the agents' heartbeats."""
     ended = [j for j in jobs.values() if j.get("state") in TERMINAL]
     per_tier: dict[str, dict[str, list[float]]] = {}
     for j in ended:
@@ -263,6 +308,7 @@ def summarize(
             for t, v in per_tier.items()
         },
         "processes": processes,
+        "agents": agents_summary(node_samples or []),
         "host_cpu_pct": {"mean": round(sum(host) / len(host), 1), "max": max(host)} if host else None,
     }
 
@@ -325,6 +371,20 @@ def markdown(summary: dict[str, Any], chart: str | None) -> str:
             lines.append(f"| {k} | {v['cpu_s']} | {v['cores_mean']} | {v['rss_mb_max']} |")
     else:
         lines.append("none found: the fleet runs on other hosts (see their /metrics)")
+    lines += ["", "## Agents (their own heartbeats, wherever they run)", ""]
+    if summary["agents"]:
+        lines += ["Host figures as each agent reported them, once per heartbeat interval.", ""]
+        lines += [
+            "| agent | heartbeats | host CPU % mean / max | memory % max | load max | busy max / slots |",
+            "|---|---|---|---|---|---|",
+        ]
+        for name, a in summary["agents"].items():
+            lines.append(
+                f"| {name} | {a['heartbeats']} | {a['cpu_pct_mean']} / {a['cpu_pct_max']} "
+                f"| {a['memory_pct_max']} | {a['load1_max']} | {a['slots_busy_max']} / {a['slots']} |"
+            )
+    else:
+        lines.append("none seen")
     lines += [
         "",
         f"![submitted and completed over time]({chart})" if chart else "(no chart: matplotlib missing)",
@@ -375,6 +435,7 @@ def write_report(
     jobs: dict[str, Any],
     samples: list[Any],
     timeline: Any,
+    node_samples: list[Any] | None = None,
 ) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     drawn = chart(out / "chart.png", subs, timeline, summary)
@@ -383,6 +444,7 @@ def write_report(
         "submissions": [asdict(s) for s in subs],
         "jobs": list(jobs.values()),
         "samples": samples,
+        "node_samples": node_samples or [],
         "timeline": timeline,
     }
     (out / "loadtest.json").write_text(json.dumps(raw, indent=1, default=str))

@@ -357,6 +357,10 @@ def test_loadtest_reports_every_job_it_sent_and_refuses_bad_mixes(fleet):
     wait = summary["per_tier"]["default"]["queue_wait_s"]
     assert summary["per_tier"]["default"]["jobs"] == 6 and wait["p50"] <= wait["p99"]
     assert summary["submit_latency_s"]["p50"] > 0 and "coordinator" in summary["processes"]
+    agents = summary["agents"]  # from the agents' own heartbeats, as for a remote fleet
+    assert len(agents) == 1, agents
+    assert all(a["heartbeats"] > 0 and a["cpu_pct_max"] is not None for a in agents.values()), agents
+    assert "## Agents" in (out / "report.md").read_text()
     assert (out / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| completed | 6 (100.0%) |" in (out / "report.md").read_text()
     for args, word in (
