@@ -201,11 +201,9 @@ class Attempt:
         """The run's own cgroup where its limits need one; False once the attempt ended."""
         if self._cgroup_layout is None:
             return True
-        run = f"{self.job.id}-{self.lease.attempt}"
+        run = (self.ctx.node, self.job.id, self.lease.attempt)
         try:
-            self.cgroup_dirs = run_cgroup(
-                self._cgroup_layout, self.ctx.node, run, spec.max_cpu_percent, spec.max_memory_mb
-            )
+            self.cgroup_dirs = run_cgroup(self._cgroup_layout, run, spec.max_cpu_percent, spec.max_memory_mb)
         except PlanError as exc:
             self._refused(exc)
             return False

@@ -42,8 +42,8 @@ class Layout:
     version: int
     parents: tuple[str, ...]  # v2: the service cgroup; v1: the memory and the cpu subtree
 
-    def dirs(self, node: str, run: str) -> list[str]:
-        return [os.path.join(p, run_name(node, run)) for p in self.parents]
+    def dirs(self, node: str, job_id: str, attempt: int) -> list[str]:
+        return [os.path.join(p, run_name(node, job_id, attempt)) for p in self.parents]
 
 
 class CgroupsBusy(Exception):
@@ -51,8 +51,9 @@ class CgroupsBusy(Exception):
     processes of an earlier agent): limited jobs are a platform failure here for now."""
 
 
-def run_name(node: str, run: str) -> str:
-    return f"{RUN_PREFIX}{node}@{run}"
+def run_name(node: str, job_id: str = "", attempt: int | None = None) -> str:
+    """A run's cgroup name; with the node alone, the prefix of all of that node's."""
+    return f"{RUN_PREFIX}{node}@" + (f"{job_id}-{attempt}" if attempt is not None else "")
 
 
 def _unescape(field: str) -> str:
@@ -113,6 +114,10 @@ def locate(proc_cgroup: str, mountinfo: str) -> Layout | None:
     return None
 
 
+def _locate_self() -> Layout | None:
+    return locate(_read("/proc/self/cgroup"), _read("/proc/self/mountinfo"))
+
+
 def _read(path: str) -> str:
     with open(path) as fh:
         return fh.read()
@@ -161,7 +166,7 @@ def layout() -> Layout | None:
     if _found is not None:
         return _found
     try:
-        lay = locate(_read("/proc/self/cgroup"), _read("/proc/self/mountinfo"))
+        lay = _locate_self()
     except OSError:
         return None
     if lay is not None and lay.version == 1 and os.geteuid() == 0:
@@ -267,7 +272,7 @@ def sweep(lay: Layout, node: str, keep: set[str], min_age_s: float = STALE_AFTER
     it); the kernel refuses to remove one that still holds a process."""
     removed = 0
     now = time.time()
-    mine = run_name(node, "")
+    mine = run_name(node)
     for parent in lay.parents:
         with contextlib.suppress(OSError), os.scandir(parent) as it:
             for entry in it:
@@ -287,7 +292,7 @@ def prepare(user: str, group: str) -> str:
     user (systemd delegates only its own hierarchy there). Says what it found; never fails
     the start (an agent without a usable layout refuses limited jobs)."""
     try:
-        lay = locate(_read("/proc/self/cgroup"), _read("/proc/self/mountinfo"))
+        lay = _locate_self()
     except OSError as exc:
         return f"no cgroup information: {exc}"
     if lay is None:

@@ -86,11 +86,14 @@ def limited_argv(
 
 
 def run_cgroup(
-    layout: cgroups.Layout, node: str, run: str, max_cpu_percent: int | None, max_memory_mb: int | None
+    layout: cgroups.Layout,
+    run: tuple[str, str, int],
+    max_cpu_percent: int | None,
+    max_memory_mb: int | None,
 ) -> list[str]:
-    """Make the run's own cgroup, just before its supervisor starts (a platform failure, for
-    another node to try, where it cannot be made)."""
-    dirs = layout.dirs(node, run)
+    """Make the run's own cgroup (``run``: node, job id, attempt), just before its supervisor
+    starts (a platform failure, for another node to try, where it cannot be made)."""
+    dirs = layout.dirs(*run)
     try:
         cgroups.create(layout, dirs, max_cpu_percent, max_memory_mb)
     except OSError as exc:

@@ -259,7 +259,7 @@ class Agent:
         with contextlib.suppress(cgroups.CgroupsBusy, OSError):
             if lay := cgroups.layout():
                 keep = {
-                    cgroups.run_name(self.cfg.name, f"{rd.job_id}-{rd.attempt}")
+                    cgroups.run_name(self.cfg.name, rd.job_id, rd.attempt)
                     for rd in RunDir.all(self.cfg.work_dir)
                     if rd.runner_alive()
                 }

@@ -172,7 +172,7 @@ def supervise(
             write_json_atomic(progress_path, parsed)
             block = {}
     rc = proc.wait()
-    oom = cgroups.oom_killed(cgroup_dirs) if cgroup_dirs else False  # first: its counters go with it
+    oom = cgroups.oom_killed(cgroup_dirs or [])  # first: its counters go with the cgroup
     cgroups.remove(cgroup_dirs or [])
     t.join(timeout=5)
     partial_bytes = None

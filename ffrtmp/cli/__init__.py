@@ -879,6 +879,9 @@ def _run_loadtest(ctx: Ctx, plan: Any, out: Path) -> dict[str, Any]:
     def post(body: dict[str, Any], key: str) -> dict[str, Any]:
         return ctx.client_call("POST", "/jobs", body, {"Idempotency-Key": key})
 
+    def get(path: str) -> Any:
+        return ctx.client_call("GET", path)
+
     t0 = time.monotonic()
     sampler = lt.Sampler(t0)
     sampler.start()
@@ -891,8 +894,8 @@ def _run_loadtest(ctx: Ctx, plan: Any, out: Path) -> dict[str, Any]:
     give_up = t0 + plan.jobs / plan.rate + plan.wait_s
     while True:
         try:
-            jobs = lt.collect(lambda p: ctx.client_call("GET", p), plan.run_id)
-            node_samples.append(lt.node_sample(lambda p: ctx.client_call("GET", p), time.monotonic() - t0))
+            jobs = lt.collect(get, plan.run_id)
+            node_samples.append(lt.node_sample(get, time.monotonic() - t0))
         except CallFailed as exc:  # a bad moment of the coordinator's: counted on the next look
             click.echo(f"\nlisting failed: {exc.message}", err=True)
         ended = sum(1 for j in jobs.values() if j.get("state") in lt.TERMINAL)

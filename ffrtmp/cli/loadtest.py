@@ -170,13 +170,13 @@ def agents_summary(samples: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         def col(key: str, rows: list[dict[str, float]] = seen) -> list[float]:
             return [r[key] for r in rows if key in r]
 
-        cpu = col("cpu_percent")
+        cpu, load = col("cpu_percent"), col("load1")
         out[name] = {
             "heartbeats": len(seen),
             "cpu_pct_mean": round(sum(cpu) / len(cpu), 1) if cpu else None,
             "cpu_pct_max": max(cpu, default=None),
             "memory_pct_max": max(col("memory_percent"), default=None),
-            "load1_max": round(max(col("load1"), default=0.0), 2) if col("load1") else None,
+            "load1_max": round(max(load), 2) if load else None,
             "slots_busy_max": max(col("slots_busy"), default=None),
             "slots": max(col("slots"), default=None),
         }

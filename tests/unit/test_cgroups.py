@@ -44,7 +44,7 @@ def test_v1_runs_live_under_the_agents_own_cgroup_in_the_memory_and_cpu_hierarch
             "/sys/fs/cgroup/cpu,cpuacct/system.slice/ffrtmp-agent.service/ffrtmp-runs",
         ),
     )
-    assert lay.dirs("n1", "j-2")[0].endswith("/ffrtmp-runs/run@n1@j-2")
+    assert lay.dirs("n1", "j", 2)[0].endswith("/ffrtmp-runs/run@n1@j-2")
 
 
 def test_v1_paths_are_taken_relative_to_each_mounts_root():
@@ -66,7 +66,7 @@ def test_v2_needs_the_agent_in_its_delegated_subgroup():
 
 
 def _made(lay, cpu, mem):
-    dirs = lay.dirs("n1", "j-1")
+    dirs = lay.dirs("n1", "j", 1)
     for p in lay.parents:
         os.makedirs(p, exist_ok=True)
     cgroups.create(lay, dirs, cpu, mem)
@@ -139,8 +139,8 @@ def test_limits_go_into_a_cgroup_where_there_is_one_and_are_refused_where_nothin
     with pytest.raises(PlanError) as exc:
         limited_argv(["ffmpeg"], "jx-1", None, 512, (None, None))
     assert exc.value.reason == "limits_unenforceable" and not exc.value.platform
-    assert run_cgroup(lay, "n1", "jx-1", None, 256) == [str(tmp_path / "run@n1@jx-1")]
+    assert run_cgroup(lay, ("n1", "jx", 1), None, 256) == [str(tmp_path / "run@n1@jx-1")]
     (tmp_path / "file").write_text("")
     with pytest.raises(PlanError) as exc:
-        run_cgroup(cgroups.Layout(2, (str(tmp_path / "file"),)), "n1", "jx-1", 50, None)
+        run_cgroup(cgroups.Layout(2, (str(tmp_path / "file"),)), ("n1", "jx", 1), 50, None)
     assert exc.value.reason == "run_cgroup_failed" and exc.value.platform
