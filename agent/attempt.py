@@ -11,7 +11,9 @@ import os
 import re
 import select
 import signal
+import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC
 from typing import Any
@@ -24,14 +26,15 @@ from ffrtmp import lifecycle, timing
 from ffrtmp.lifecycle import Ending, Lease, Refused
 from ffrtmp.model import JobSpec, is_url
 from ffrtmp.redisconn import redis_retry, until_redis_answers
-from ffrtmp.rundir import RunDir, remove_path, used_bytes, write_json_atomic
+from ffrtmp.rundir import RunDir, process_alive, remove_path, used_bytes, write_json_atomic
 
 from . import cgroups, disk
 from .limits import enforcers, limited_argv, run_cgroup
 from .outcome import Verdict, classify_exit, input_signature
 from .pipeline import AgentContext, Plan, PlanError, Segment, build_plan, needs_egress_proxy
 from .publish import OutputExists, publish, taken
-from .runner import reap, spawn_detached, with_percent
+from .runner import reap, with_percent
+from .standby import launch
 from .urlpolicy import check_url_input
 from .verify import VerifyError, media_duration, verify_output
 
@@ -40,6 +43,11 @@ log = logging.getLogger("ffrtmp.agent.attempt")
 
 class Fenced(Exception):
     """This attempt no longer holds its job's lease: it must not write anything."""
+
+
+class LeftToRecovery(Fenced):
+    """The run could not be proven stopped: the attempt writes nothing more; the run's own
+    watchdog kills FFmpeg once nobody watches it, and recovery requeues the job after that."""
 
 
 class RedisLost(Exception):
@@ -105,8 +113,11 @@ class Attempt:
         self.t_start = time.time()
         self.rd: RunDir | None = None
         self.runner_pid = 0
+        self.own_runner = False  # started by this process (reaped here), not by a standby
         self._pidfd: int | None = None  # the supervisor's, while the run is watched
         self.adopted = False
+        # set by the horse: called once FFmpeg exited cleanly, before the output is verified
+        self.leave_slot: Callable[[], None] | None = None
         self.input_sig: tuple[int, int, int] | None = None
         self.input_bytes = 0
         self.expected_s: float | None = None
@@ -221,7 +232,7 @@ class Attempt:
         self._note_input(spec, plan)
         if not self._make_cgroup(spec):
             return
-        self.runner_pid = spawn_detached(
+        self.runner_pid, self.own_runner = launch(
             self.rd.path,
             plan.argv,
             orphan_after=timing.orphan_deadline(self.ctx.heartbeat_interval),
@@ -296,9 +307,11 @@ class Attempt:
         poller.poll(seconds * 1000)
 
     def _runner_gone(self) -> bool:
-        if not self.adopted:
+        if self.own_runner:
             return reap(self.runner_pid)  # our child: reap it
-        return self.rd is None or not self.rd.runner_alive()
+        if self.adopted:
+            return self.rd is None or not self.rd.runner_alive()
+        return not process_alive(self.runner_pid, self.t_start)  # the slot's standby became it
 
     def _kill_run(self) -> None:
         """SIGKILL FFmpeg and wait (bounded) until it is gone."""
@@ -391,7 +404,7 @@ class Attempt:
         if not ws.started_seen:
             ws.started_seen = self.rd.started() is not None
             if not ws.started_seen and now - ws.t0 > timing.START_DEADLINE_S:
-                raise _Platform("runner_not_started", "the run supervisor did not start FFmpeg")
+                self._give_up_start(now - ws.t0)
         self._mirror_progress(ws, plan, now)
         self._check_stall(ws, plan, now)
         if now - ws.last_lease_poll >= timing.LEASE_POLL_S:
@@ -408,6 +421,17 @@ class Attempt:
             self.log.warning("FFmpeg outlived the %ss grace, sending SIGKILL", self.grace)
             self.rd.signal_ffmpeg(signal.SIGKILL)
             ws.forced = True
+
+    def _give_up_start(self, waited: float) -> None:
+        """FFmpeg has not started in time: make sure it never will (the launch claimed here, or
+        the run killed where its supervisor claimed it first but stays silent), then fail."""
+        assert self.rd is not None
+        if not self.rd.claim_launch("watcher"):
+            if waited < 2 * timing.START_DEADLINE_S:
+                return  # its supervisor is starting FFmpeg: a little longer
+            if not self.rd.kill_run(timing.STOP_WAIT_S):
+                raise LeftToRecovery("a supervisor that would not start FFmpeg could not be stopped")
+        raise _Platform("runner_not_started", "the run supervisor did not start FFmpeg")
 
     def _check_stall(self, ws: WatchState, plan: Plan, now: float) -> None:
         """No progress for ``stall_after`` (an input that never arrives or stopped arriving, a
@@ -490,7 +514,10 @@ class Attempt:
         network = url if isinstance(url, str) and is_url(url) else None
         verdict = classify_exit(exit_info, ws.stop_reason, tail, self.grace, self.ctx.stall_after, network)
         if verdict is None:
-            verdict = self._check_output(plan)
+            if self.leave_slot is not None and plan.tmp_output:
+                self.leave_slot()  # verifying needs FFmpeg's slot no more
+            with self._renewing():
+                verdict = self._check_output(plan)
         progress = self.rd.progress()
         if verdict.reason == "output_disk_full" and plan.tmp_output:
             took = exit_info.get("partial_bytes")  # the supervisor removed it, saying how big
@@ -515,6 +542,24 @@ class Attempt:
             stop=stop,
         )
         self._end(end)
+
+    @contextlib.contextmanager
+    def _renewing(self) -> Iterator[None]:
+        """Keep the RQ execution alive while the output is verified (a long ffprobe of a big
+        ladder), also where no worker renews it any more (``leave_slot``)."""
+        done = threading.Event()
+
+        def renew() -> None:
+            while not done.wait(timing.renewal_interval(self.ctx.heartbeat_interval)):
+                self._renew_execution()
+
+        t = threading.Thread(target=renew, daemon=True, name="renew-execution")
+        t.start()
+        try:
+            yield
+        finally:
+            done.set()
+            t.join(timeout=1)
 
     def _discard(self, plan: Plan) -> None:
         if plan.tmp_output:

@@ -220,50 +220,55 @@ def _proxied_env(env: dict[str, str] | None, proxy_url: str) -> dict[str, str]:
 _PROXY_VARS = ("http_proxy", "https_proxy", "no_proxy", "all_proxy")
 
 
-def spawn_detached(
+def write_cmd(
     run_dir: str,
     argv: list[str],
     orphan_after: float | None = None,
     tmp_output: str | None = None,
     egress: list[str] | None = None,
     cgroup_dirs: list[str] | None = None,
-) -> int:
-    """Start the supervisor (``python -m agent.runner RUN_DIR``) as a new program leading its own
-    session, so it outlives the caller's process group (the RQ horse's) and, when the caller
-    dies, is reparented to init or the nearest subreaper. It is exec'd, not merely forked: a
-    forked copy of the horse would carry the horse's Python objects over file descriptors it
-    must close, and one of them being freed later closed a descriptor the supervisor had
-    reused (an intermittent EBADF that failed jobs as ffmpeg_not_started). Only stdin (null)
-    and stderr (runner.log) are handed over; Python's descriptors are close-on-exec. The
-    caller reaps it with ``reap``. ``run_dir`` must exist (``RunDir.create``). Returns its pid."""
+) -> None:
+    """What the run's supervisor is to run (``cmd.json``). ``run_dir`` must exist
+    (``RunDir.create``). ``launch_claim``: its supervisor claims the launch before FFmpeg
+    starts (``RunDir.claim_launch``), so a watcher that gave up can stop it from ever starting."""
     rd = RunDir(run_dir)
-    write_json_atomic(
-        rd.file("cmd.json"),
-        {
-            "argv": argv,
-            "orphan_after": orphan_after,
-            "tmp_output": tmp_output,
-            "egress": egress,
-            "cgroup_dirs": cgroup_dirs or [],
-        },
-    )
+    cmd = {
+        "argv": argv,
+        "orphan_after": orphan_after,
+        "tmp_output": tmp_output,
+        "egress": egress,
+        "cgroup_dirs": cgroup_dirs or [],
+        "launch_claim": True,
+    }
+    write_json_atomic(rd.file("cmd.json"), cmd)
     rd.touch_owner()
+
+
+def supervisor_argv(module: str, *args: str) -> list[str]:
+    """The command line of a supervisor program. -P: the caller's working directory is not put
+    on the path (a directory named agent there must not stand in for the package)."""
+    return [sys.executable, "-P", "-m", module, *args]
+
+
+def spawn_supervisor(run_dir: str) -> int:
+    """Start the supervisor (``python -m agent.runner RUN_DIR``) for a run whose ``cmd.json`` is
+    written, as a new program leading its own session, so it outlives the caller's process
+    group (the RQ horse's) and, when the caller dies, is reparented to init or the nearest
+    subreaper. It is exec'd, not merely forked: a forked copy of the horse would carry the
+    horse's Python objects over file descriptors it must close, and one of them being freed
+    later closed a descriptor the supervisor had reused (an intermittent EBADF that failed jobs
+    as ffmpeg_not_started). Only stdin (null) and stderr (runner.log) are handed over; Python's
+    descriptors are close-on-exec. The caller reaps it with ``reap``. Returns its pid. (A slot
+    keeps one started ahead instead: ``agent.standby``.)"""
+    rd = RunDir(run_dir)
     actions = [
         (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDWR, 0),
         (os.POSIX_SPAWN_DUP2, 0, 1),
         (os.POSIX_SPAWN_OPEN, 2, rd.file("runner.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644),
     ]
-    exe = sys.executable
-    # -P: the caller's working directory is not put on the path (a directory named agent there
-    # must not stand in for the package); an empty mask: no signal blocked by the caller stays so
-    return os.posix_spawn(
-        exe,
-        [exe, "-P", "-m", "agent.runner", run_dir],
-        dict(os.environ),
-        file_actions=actions,
-        setsid=True,
-        setsigmask=(),
-    )
+    argv = supervisor_argv("agent.runner", run_dir)
+    # an empty mask: no signal blocked by the caller stays so
+    return os.posix_spawn(argv[0], argv, dict(os.environ), file_actions=actions, setsid=True, setsigmask=())
 
 
 def _supervisor_main(run_dir: str) -> int:
@@ -283,6 +288,9 @@ def _supervisor_main(run_dir: str) -> int:
         dirs = cmd.get("cgroup_dirs") or []
         if not (isinstance(dirs, list) and all(isinstance(d, str) for d in dirs)):
             raise ValueError("cmd.json's cgroup_dirs is not a list of directories")
+        if cmd.get("launch_claim") and not rd.claim_launch("supervisor"):
+            print("the launch was claimed first (the watcher gave up on this run)", file=sys.stderr)
+            return 0
         supervise(run_dir, argv, None, cmd.get("orphan_after"), cmd.get("tmp_output"), egress, dirs)
     except BaseException as exc:
         print(f"runner failed: {exc!r}", file=sys.stderr)

@@ -22,6 +22,7 @@ from ffrtmp.rqjob import SERIALIZER, SafeJob, rq_queue
 
 from . import (
     limits,
+    standby,
     task,  # noqa: F401 - imported before forking so every horse starts warm
 )
 from .context import load_context
@@ -53,6 +54,7 @@ def main() -> None:
     logging.getLogger("ffrtmp.agent.slot").info("slot %s listening on %s", name, ",".join(queues))
     # No RQ scheduler: ffrtmp schedules nothing (requeues are immediate, through the lifecycle),
     # and RQ runs its scheduler as a child process that would outlive a SIGKILLed slot.
+    standby.prepare()  # the first job's supervisor, started ahead as every later one is
     worker.work(logging_level=os.environ.get("FFRTMP_LOG_LEVEL", "info").upper())
 
 

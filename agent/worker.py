@@ -23,6 +23,8 @@ from ffrtmp.pdeath import die_with
 from ffrtmp.rqjob import UnsafeJobError
 from ffrtmp.rundir import RunDir
 
+from . import standby
+
 log = logging.getLogger("ffrtmp.agent.worker")
 
 
@@ -58,7 +60,9 @@ class FleetWorker(Worker):
             return
         self._lease, job.meta = claimed
         self._worker_pid = os.getpid()
+        standby.prepare()  # the horse hands its run to a supervisor already started
         self.fork_work_horse(job, queue)
+        standby.forked()
         self.monitor_work_horse(job, queue, execution)
         self._lease = None
         self.set_state(WorkerStatus.IDLE)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import shutil
@@ -26,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
 import aiohttp
@@ -219,18 +221,53 @@ async def burst_ffrtmp(s: aiohttp.ClientSession, base: str, work: Path, n: int) 
         ids = [j["id"] for j in (await r.json())["jobs"]]
     for jid in ids:
         await wait_state(s, base, jid)
-    runs = []
+    runs, views = [], []
     for jid in ids:
         d = run_dirs(work, jid)[0]
         runs.append((read_time(d / "started.json") or 0.0, read_time(d / "exit.json") or 0.0))
-    return gaps(runs)
+        async with s.get(f"{base}/jobs/{jid}") as r:
+            views.append((d, await r.json()))
+    STAGES.extend(stage_times(views))
+    return gaps(runs, "ffrtmp")
 
 
-def gaps(runs: list[tuple[float, float]]) -> tuple[list[float], float]:
+STAGES: list[dict[str, float]] = []
+
+
+def iso(value: str) -> float:
+    return datetime.fromisoformat(value).timestamp()
+
+
+def stage_times(views: list[tuple[Path, dict]]) -> list[dict[str, float]]:
+    """Where the time between one FFmpeg's exit and the next one's start goes, from the run
+    directories' own timestamps and the job records (the claim is ``started_at``)."""
+    runs = sorted(views, key=lambda v: iso(v[1]["started_at"]))
+    out = []
+    for (d0, v0), (d1, v1) in itertools.pairwise(runs):
+        exited, claim = read_time(d0 / "exit.json") or 0, iso(v1["started_at"])
+        asked = (d1 / "cmd.json").stat().st_mtime
+        sup, ff = read_time(d1 / "supervisor.json") or 0, read_time(d1 / "started.json") or 0
+        out.append(
+            {
+                "exit -> next claimed": claim - exited,
+                "claimed -> supervisor asked (horse, plan, started)": asked - claim,
+                "asked -> supervisor running": sup - asked,
+                "supervisor -> FFmpeg started": ff - sup,
+                "(exit -> ended: verify, publish, finish)": iso(v0["ended_at"]) - exited,
+            }
+        )
+    return out
+
+
+def gaps(runs: list[tuple[float, float]], who: str) -> tuple[list[float], float]:
     """Exit -> next start gaps, and jobs per second over the burst."""
     runs.sort()
     between = [runs[i + 1][0] - runs[i][1] for i in range(len(runs) - 1)]
+    RUN_S.setdefault(who, []).extend(end - start for start, end in runs)
     return between, len(runs) / (runs[-1][1] - runs[0][0])
+
+
+RUN_S: dict[str, list[float]] = {}  # FFmpeg start -> exit in the bursts, by who ran them
 
 
 def dispatch_baseline(conn: redis.Redis, n: int) -> list[float]:
@@ -259,7 +296,7 @@ def burst_baseline(conn: redis.Redis, argv: list[str], n: int) -> tuple[list[flo
         if time.monotonic() > deadline:
             raise SystemExit("baseline burst did not finish")
         time.sleep(0.05)
-    return gaps([tuple(json.loads(r)) for r in conn.lrange(RUNS_KEY, 0, -1)])
+    return gaps([tuple(json.loads(r)) for r in conn.lrange(RUNS_KEY, 0, -1)], "raw")
 
 
 def baseline_worker(st: Stack) -> subprocess.Popen[bytes]:
@@ -335,6 +372,12 @@ def main() -> None:
     summary("fixed cost, FFmpeg exit -> next FFmpeg started on the same slot", res["ff_gap"], res["raw_gap"])
     ff_rate, raw_rate = statistics.median(res["ff_rate"]), statistics.median(res["raw_rate"])
     print(f"tiny-job throughput: ffrtmp {ff_rate:.2f}/s, raw RQ {raw_rate:.2f}/s, x{ff_rate / raw_rate:.2f}")
+    if len(RUN_S) == 2:
+        ff_run, raw_run = statistics.median(RUN_S["ffrtmp"]), statistics.median(RUN_S["raw"])
+        print(f"FFmpeg start -> exit in the bursts: ffrtmp p50 {ms(ff_run)}, raw RQ {ms(raw_run)}")
+    print("ffrtmp's exit -> next start, by stage (p50 ms, from the run directories and job records)")
+    for stage in STAGES[0] if STAGES else {}:
+        print(f"  {stage:<52} {statistics.median(x[stage] for x in STAGES) * 1000:7.1f}")
     print(f"load average (1 min) at the end: {load:.2f}")
 
 

@@ -6,7 +6,9 @@ FFmpeg. The supervisor writes it, the attempt (and a re-adopting agent) watches 
 Files: ``attempt.json`` (job, attempt, lease token), ``cmd.json`` (argv), ``owner`` (touched by
 whoever watches the run), ``started.json`` (supervisor and FFmpeg pids, start time),
 ``progress.json`` (the last ``-progress`` block), ``stderr.log`` / ``stderr.tail``,
-``exit.json`` (how FFmpeg ended), ``runner.log`` (the supervisor's own errors).
+``exit.json`` (how FFmpeg ended), ``runner.log`` (the supervisor's own errors), ``launch``
+(created once, exclusively: by the supervisor just before it starts FFmpeg, or by whoever gave
+up on the run before that, so that a supervisor woken late never starts it).
 A segmented job's attempt follows its segments before it starts any FFmpeg: ``follow.json``
 (since when) says so until the join starts or the attempt ends, so that an agent restarted
 under it follows them again rather than lose the attempt.
@@ -227,6 +229,25 @@ class RunDir:
         except OSError:
             return 0.0
 
+    def claim_launch(self, by: str) -> bool:
+        """Take the one right to decide whether FFmpeg starts (``by``: who took it). False when
+        it was taken already: by the supervisor (FFmpeg is starting or started) or by a watcher
+        that gave up on the run (it must never start)."""
+        try:
+            fd = os.open(self.file("launch"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w") as fh:
+            fh.write(by)
+        return True
+
+    def launched_by(self) -> str | None:
+        try:
+            with open(self.file("launch")) as fh:
+                return fh.read(64) or None
+        except OSError:
+            return None
+
     def runner_alive(self) -> bool:
         st = self.started()
         return st is not None and process_alive(int(st["runner_pid"]), float(st["time"]))
@@ -255,6 +276,8 @@ class RunDir:
             sup = self.supervisor()
             if sup is None and not os.path.exists(self.file("cmd.json")):
                 return True  # the supervisor was never started
+            if sup is None and self._launch_denied():
+                return True  # started or not, its supervisor will never start FFmpeg
             sup_alive = sup is not None and process_alive(int(sup["pid"]), float(sup["time"]))
             if sup is not None and not sup_alive and not self.ffmpeg_alive():
                 self.discard_partial()  # a killed run is never published
@@ -266,6 +289,13 @@ class RunDir:
             if time.monotonic() > deadline:
                 return False
             time.sleep(0.05)
+
+    def _launch_denied(self) -> bool:
+        """Deny a supervisor that claims its launch (``cmd.json`` says it does) the start of
+        FFmpeg. True once denied, by this call or by an earlier give-up."""
+        if not (read_json(self.file("cmd.json")) or {}).get("launch_claim"):
+            return False
+        return self.claim_launch("killer") or self.launched_by() in ("killer", "watcher")
 
     def partial(self) -> str | None:
         """The temporary output this run's FFmpeg writes (None for streams)."""

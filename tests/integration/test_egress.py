@@ -14,7 +14,7 @@ import pytest
 from agent.egress import parse_request_head
 from agent.outcome import classify_exit
 from agent.pipeline import input_guard
-from agent.runner import reap, spawn_detached
+from agent.runner import reap, spawn_supervisor, write_cmd
 from ffrtmp.rundir import RunDir, read_json
 from ffrtmp.tls import local_pki
 from tests.conftest import make_clip, require
@@ -56,7 +56,8 @@ def _run(tmp: Path, url: str, egress: list[str]) -> dict:
     out = tmp / f"out{time.monotonic_ns()}.ts"
     argv = [require("ffmpeg"), "-hide_banner", "-nostdin", "-loglevel", "error", "-rw_timeout", "15000000"]
     argv += [*input_guard(url), "-i", url, "-c", "copy", "-f", "mpegts", str(out)]
-    pid = spawn_detached(rd.path, argv, egress=egress)
+    write_cmd(rd.path, argv, egress=egress)
+    pid = spawn_supervisor(rd.path)
     deadline = time.monotonic() + 60
     while not reap(pid):
         assert time.monotonic() < deadline, "the run did not end"

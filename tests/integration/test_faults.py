@@ -346,3 +346,44 @@ def test_platform_retries_back_off_instead_of_burning_every_attempt_at_once(clus
     waits = [times[("running", n + 1)] - times[("retrying", n)] for n in (1, 2)]
     assert waits[0] >= 1.9 and waits[1] >= 3.9, waits
     assert not ffmpeg_pids(job_id)
+
+
+def test_the_slot_moves_on_while_an_output_is_verified_and_a_killed_verifier_is_retried(
+    cluster, conn, tmp_path
+):
+    """A clean FFmpeg exit frees its slot before the output is verified: the next job's FFmpeg
+    starts while the first job still verifies. The process that verifies (a fork of the horse,
+    no longer the worker's) SIGKILLed there: the output is never published by it, the job is
+    not lost and never completed by the dead attempt; recovery runs it again."""
+    probe = tmp_path / "ffprobe-slow"
+    pidfile = tmp_path / "verifier.pid"
+    probe.write_text(
+        "#!/bin/sh\n"
+        'for a in "$@"; do case "$a" in *slowverify*-a1.part*) '
+        f'echo $PPID > {pidfile}; sleep 60;; esac; done\nexec ffprobe "$@"\n'
+    )
+    probe.chmod(0o755)
+    cluster.start_agent("v1", 1, "--ffprobe", str(probe))
+    tiny = {"scenario": "480p-h264", "duration": 0.5, "resolution": "64x64", "fps": 5}
+    slow = submit(conn, validate_spec({**tiny, "output": "slowverify.mp4"}), SubmitDefaults(max_attempts=3))
+    nxt = submit(conn, validate_spec({**tiny, "output": "next.mp4"}), SubmitDefaults(max_attempts=3))
+    deadline = time.monotonic() + 120
+    while not pidfile.exists():
+        assert time.monotonic() < deadline, get_view(conn, slow["id"])
+        time.sleep(0.05)
+    # the slow job still verifies (running), and its one slot has moved on to the next job
+    wait_view(conn, nxt["id"], lambda v: v["state"] in ("running", "completed"))
+    assert get_view(conn, slow["id"])["state"] == "running"
+    verifier = psutil.Process(int(pidfile.read_text()))
+    agent_tree = {p.pid for p in tree(cluster.agents["v1"][0].pid)}
+    assert verifier.pid not in agent_tree  # not a horse of the worker any more
+    for p in [verifier, *verifier.children(recursive=True)]:
+        p.kill()
+    v = wait_view(conn, slow["id"], lambda v: v["state"] in TERMINAL, timeout=240)
+    assert v["state"] == "completed" and v["attempts"] == 2, steps(v)
+    assert ("running", "completed", "ffmpeg_exit_0") in steps(v)
+    assert [s for s in steps(v) if s[1] == "completed"] == [("running", "completed", "ffmpeg_exit_0")]
+    assert get_view(conn, nxt["id"])["state"] == "completed"
+    info = ffprobe(str(cluster.outputs / "slowverify.mp4"))
+    assert float(info["format"]["duration"]) > 0.3
+    assert not list(cluster.outputs.glob(".slowverify.*"))  # the killed attempt's part is gone
