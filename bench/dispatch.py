@@ -137,7 +137,7 @@ class Stack:
         wait_http(base + "/health")
         return base
 
-    def agent(self) -> subprocess.Popen[bytes]:
+    def agent(self, *extra: str) -> subprocess.Popen[bytes]:
         p = self.spawn(
             [
                 sys.executable,
@@ -159,6 +159,7 @@ class Stack:
                 str(self.tmp / "agent"),
                 "--log-level",
                 "warning",
+                *extra,
             ],
             log="agent",
         )

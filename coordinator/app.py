@@ -32,6 +32,7 @@ from ffrtmp.terms import JobState
 
 from .config import CoordinatorConfig
 from .console import Console
+from .grouping import SubmitGroups
 from .metrics import CoordinatorMetrics
 from .openapi import openapi_spec
 from .ratelimit import RateLimiter, Verdict
@@ -97,7 +98,11 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
             headers={"WWW-Authenticate": 'Bearer realm="ffrtmp"'},
         )
     limiter = request.app.get(LIMITER) if _rate_limited(request) else None
-    if limiter and not (verdict := await run_redis(request, limiter.after_auth, key.name)).allowed:
+    if (
+        limiter
+        and limiter.limits_keys
+        and not (verdict := await run_redis(request, limiter.after_auth, key.name)).allowed
+    ):
         return too_many(verdict)
     if not role_allows(key.role, needed):
         return error(403, "forbidden", f"this needs the {needed} role; key '{key.name}' is {key.role}")
@@ -112,7 +117,11 @@ async def limit_middleware(request: web.Request, handler: Handler) -> web.Stream
     route that is not rate-limited (/metrics) reaches Redis for the budget only after a wrong
     key, so a right key is answered whatever state Redis is in."""
     limiter = request.app.get(LIMITER)
-    if limiter is None or (_role_needed(request) is None and not _is_console(request)):
+    if (
+        limiter is None
+        or not limiter.limits_addresses
+        or (_role_needed(request) is None and not _is_console(request))
+    ):
         return await handler(request)
     forwarded = ",".join(request.headers.getall("X-Forwarded-For", []))  # every hop's header line
     address = limiter.client_address(request.remote, forwarded)
@@ -251,6 +260,7 @@ class Api:
         self.conn = conn
         self.metrics = CoordinatorMetrics(conn, cfg)
         self.pool = ThreadPoolExecutor(REDIS_THREADS, thread_name_prefix="redis")
+        self.groups = SubmitGroups(self.run, conn, cfg.defaults)
 
     async def run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run a Redis-bound call in the Redis threads: the event loop never waits on Redis, so
@@ -272,6 +282,8 @@ class Api:
         self, request: web.Request, specs: list[JobSpec], numbered: bool
     ) -> tuple[list[dict[str, Any]], bool]:
         idem, defaults = _idempotency_key(request), self.cfg.defaults
+        if idem is None and not numbered and len(specs) == 1:
+            return [await self.groups.submit(specs[0])], True  # shares a MULTI with its neighbours
         if idem is None:
             return await self.run(submit_many, self.conn, specs, defaults, numbered=numbered), True
         scope = request["api_key"].name

@@ -83,6 +83,15 @@ class RateLimiter:
         stats = self.limiter.get_window_stats(item, which, ident)
         return Verdict(False, _retry_after(stats.reset_time), which)
 
+    @property
+    def limits_addresses(self) -> bool:
+        """Does ``before_auth`` ask Redis anything (else it need not be called)?"""
+        return self.limits.failed_auth is not None or self.limits.per_address is not None
+
+    @property
+    def limits_keys(self) -> bool:
+        return self.limits.per_key is not None
+
     def before_auth(self, address: str) -> Verdict:
         """Blocked after too many failed keys; then the address's own budget. (Redis calls.)"""
         failed, per_addr = self.limits.failed_auth, self.limits.per_address
