@@ -117,7 +117,8 @@ class Attempt:
         self._pidfd: int | None = None  # the supervisor's, while the run is watched
         self.adopted = False
         # set by the horse: called once FFmpeg exited cleanly, before the output is verified
-        self.leave_slot: Callable[[], None] | None = None
+        self.leave_slot: Callable[[], bool] | None = None
+        self.left_slot = False
         self.input_sig: tuple[int, int, int] | None = None
         self.input_bytes = 0
         self.expected_s: float | None = None
@@ -129,11 +130,19 @@ class Attempt:
     def _report(self, fn: Any, *args: Any) -> Any:
         """A lifecycle write that must not be lost: retried until Redis answers again (within
         the lease's lifetime). ``Refused`` means fenced."""
-        within = timing.lease_ttl(self.timeout, self.grace)
         try:
-            return until_redis_answers(within)(fn)(self.conn, self.lease, *args)
+            return until_redis_answers(self._patience())(fn)(self.conn, self.lease, *args)
         except Refused as exc:
             raise Fenced(str(exc)) from None
+
+    def _patience(self) -> float:
+        """How long a write that must not be lost is retried through a Redis outage: the lease's
+        lifetime; once the slot was left (``leave_slot``), the execution's TTL, past which
+        recovery may requeue the job anyway: a fork that outlived its agent and its Redis
+        does not linger for hours."""
+        if self.left_slot:
+            return float(timing.execution_ttl(self.ctx.heartbeat_interval))
+        return float(timing.lease_ttl(self.timeout, self.grace))
 
     def _end(self, end: Ending) -> None:
         end.run_s = time.time() - self.t_start
@@ -515,7 +524,7 @@ class Attempt:
         verdict = classify_exit(exit_info, ws.stop_reason, tail, self.grace, self.ctx.stall_after, network)
         if verdict is None:
             if self.leave_slot is not None and plan.tmp_output:
-                self.leave_slot()  # verifying needs FFmpeg's slot no more
+                self.left_slot = self.leave_slot()  # verifying needs FFmpeg's slot no more
             with self._renewing():
                 verdict = self._check_output(plan)
         progress = self.rd.progress()
@@ -584,8 +593,8 @@ class Attempt:
             self.result.update(verify_output(plan, self.ctx.ffprobe, self.expected_s))
         except VerifyError as exc:
             return Verdict("failed", exc.reason, str(exc))
-        within = timing.lease_ttl(self.timeout, self.grace)  # through a Redis outage: ask again
-        held, _ = until_redis_answers(within)(lifecycle.holds)(self.conn, self.lease)
+        # through a Redis outage: ask again
+        held, _ = until_redis_answers(self._patience())(lifecycle.holds)(self.conn, self.lease)
         # a fenced attempt never publishes
         if not held:
             self._discard(plan)

@@ -53,17 +53,18 @@ def run_job(spec: dict[str, Any], segment: dict[str, Any] | None = None) -> None
     os._exit(0)
 
 
-def _leave_slot() -> None:
+def _leave_slot() -> bool:
     """FFmpeg exited cleanly and what is left is to verify its output, publish it and record
     the end: a fork of this horse does that, and the horse exits 0 now, so its slot starts the
     next job without waiting for an ffprobe. Returns in the fork, which finishes the attempt
     under its lease as the horse would have (renewing the RQ execution meanwhile); it is no
     horse of the worker any more and outlives it, as the run supervisor does. If it dies before
     the end is recorded, the job's execution expires and recovery requeues it: the output was
-    never published, and FFmpeg is gone. Without a fork the horse finishes itself."""
+    never published, and FFmpeg is gone. Without a fork the horse finishes itself (False)."""
     try:
         pid = os.fork()
     except OSError:
-        return
+        return False
     if pid:
         os._exit(0)  # RQ takes a clean exit as the job done: the lifecycle records the rest
+    return True
