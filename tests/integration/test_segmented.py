@@ -262,9 +262,9 @@ def test_cancel_reaches_every_segment_and_leaves_nothing(stack: Stack) -> None:
 
 def test_the_timeout_of_a_segmented_job_stops_every_segment_and_leaves_nothing(stack: Stack) -> None:
     client = stack.client  # type: ignore[attr-defined]
-    long_clip(stack)  # 60 s at x264 medium: far longer than the timeout on this machine
+    long_clip(stack)  # 60 s at x264 veryslow: each 10 s segment alone takes longer than 8 s here
     spec = {**SPEC, "input": "long.mp4", "output": "t.mp4", "segmented": True, "segment_seconds": 10}
-    job = client.post("/jobs", {**spec, "preset": "medium", "timeout": 8})
+    job = client.post("/jobs", {**spec, "preset": "veryslow", "timeout": 8})
     end = wait_terminal(client, job["id"], timeout=180)
     assert end["state"] == "timed_out" and end["error"]["reason"] == "timed_out", end
     assert_segments_stopped_and_gone(stack, client, end, "t.mp4")
