@@ -111,6 +111,7 @@ class Attempt:
         self.grace = float(meta.get("cancel_grace") or 30)
         self.tier = spec_dict.get("queue", "default")
         self.t_start = time.time()
+        self.t_launch = self.t_start  # when the run was handed to its supervisor
         self.rd: RunDir | None = None
         self.runner_pid = 0
         self.own_runner = False  # started by this process (reaped here), not by a standby
@@ -241,6 +242,7 @@ class Attempt:
         self._note_input(spec, plan)
         if not self._make_cgroup(spec):
             return
+        self.t_launch = time.time()
         self.runner_pid, self.own_runner = launch(
             self.rd.path,
             plan.argv,
@@ -260,6 +262,7 @@ class Attempt:
         self.rd, self.adopted = rd, True
         self.runner_pid = int(st.get("runner_pid") or 0)
         self.t_start = float(st.get("time") or time.time())
+        self.t_launch = time.time()  # a run adopted before FFmpeg started gets a whole deadline
         self._note_input(spec, plan)
         self._set_expected(spec, plan)
         self.log.info("attempt adopted after an agent restart")
@@ -323,8 +326,13 @@ class Attempt:
         return not process_alive(self.runner_pid, self.t_start)  # the slot's standby became it
 
     def _kill_run(self) -> None:
-        """SIGKILL FFmpeg and wait (bounded) until it is gone."""
+        """SIGKILL FFmpeg and wait (bounded) until it is gone. A run whose FFmpeg has not
+        started yet never will: its launch is taken here, or, where its supervisor took it
+        first (FFmpeg is starting), the supervisor's whole session is killed."""
         assert self.rd is not None
+        if self.rd.started() is None and not self.rd.claim_launch("watcher"):
+            self.rd.kill_run(timing.STOP_WAIT_S)
+            return
         deadline = time.monotonic() + timing.STOP_WAIT_S
         while self.rd.ffmpeg_alive() and time.monotonic() < deadline:
             self.rd.signal_ffmpeg(signal.SIGKILL)
@@ -412,8 +420,9 @@ class Attempt:
             self._renew_execution()
         if not ws.started_seen:
             ws.started_seen = self.rd.started() is not None
-            if not ws.started_seen and now - ws.t0 > timing.START_DEADLINE_S:
-                self._give_up_start(now - ws.t0)
+            waited = now_wall - self.t_launch
+            if not ws.started_seen and waited > timing.START_DEADLINE_S:
+                self._give_up_start(waited)
         self._mirror_progress(ws, plan, now)
         self._check_stall(ws, plan, now)
         if now - ws.last_lease_poll >= timing.LEASE_POLL_S:
@@ -518,15 +527,24 @@ class Attempt:
             return
         assert self.rd is not None
         tail = self.rd.stderr_tail(4096)
-        rc = exit_info.get("returncode") if isinstance(exit_info.get("returncode"), int) else None
         url = self.spec_dict.get("input")
         network = url if isinstance(url, str) and is_url(url) else None
         verdict = classify_exit(exit_info, ws.stop_reason, tail, self.grace, self.ctx.stall_after, network)
-        if verdict is None:
-            if self.leave_slot is not None and plan.tmp_output:
-                self.left_slot = self.leave_slot()  # verifying needs FFmpeg's slot no more
-            with self._renewing():
-                verdict = self._check_output(plan)
+        if verdict is not None:
+            self._settle(plan, exit_info, ws, verdict)
+            return
+        if self.leave_slot is not None and plan.tmp_output:
+            self.left_slot = self.leave_slot()  # verifying needs FFmpeg's slot no more
+            if self.left_slot:
+                self.rd.mark_concluding()  # a drain waits for this process too
+        with self._renewing():
+            self._settle(plan, exit_info, ws, self._check_output(plan))
+
+    def _settle(self, plan: Plan, exit_info: dict[str, Any], ws: WatchState, verdict: Verdict) -> None:
+        """Record how the attempt ended (its output published first where it completed)."""
+        assert self.rd is not None
+        tail = self.rd.stderr_tail(4096)
+        rc = exit_info.get("returncode") if isinstance(exit_info.get("returncode"), int) else None
         progress = self.rd.progress()
         if verdict.reason == "output_disk_full" and plan.tmp_output:
             took = exit_info.get("partial_bytes")  # the supervisor removed it, saying how big
@@ -554,12 +572,16 @@ class Attempt:
 
     @contextlib.contextmanager
     def _renewing(self) -> Iterator[None]:
-        """Keep the RQ execution alive while the output is verified (a long ffprobe of a big
-        ladder), also where no worker renews it any more (``leave_slot``)."""
+        """Keep the RQ execution alive while the output is verified, published and the end
+        recorded (a long ffprobe of a big ladder), also where no worker renews it any more
+        (``leave_slot``); for ``timing.SETTLE_DEADLINE_S`` at most, after which a settling
+        stuck on a hung mount lets the execution expire and recovery run the job again."""
         done = threading.Event()
+        until = time.monotonic() + timing.SETTLE_DEADLINE_S
 
         def renew() -> None:
-            while not done.wait(timing.renewal_interval(self.ctx.heartbeat_interval)):
+            interval = timing.renewal_interval(self.ctx.heartbeat_interval)
+            while not done.wait(interval) and time.monotonic() < until:
                 self._renew_execution()
 
         t = threading.Thread(target=renew, daemon=True, name="renew-execution")

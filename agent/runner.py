@@ -229,8 +229,9 @@ def write_cmd(
     cgroup_dirs: list[str] | None = None,
 ) -> None:
     """What the run's supervisor is to run (``cmd.json``). ``run_dir`` must exist
-    (``RunDir.create``). ``launch_claim``: its supervisor claims the launch before FFmpeg
-    starts (``RunDir.claim_launch``), so a watcher that gave up can stop it from ever starting."""
+    (``RunDir.create``). The written ``launch_claim: true`` tells readers that its supervisor
+    claims the launch before FFmpeg starts (``RunDir.claim_launch``), so that whoever gives up
+    on the run first can keep it from ever starting."""
     rd = RunDir(run_dir)
     cmd = {
         "argv": argv,

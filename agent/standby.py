@@ -9,11 +9,12 @@ horse, so it carries none of the horse's descriptors, and leads its own session,
 the horse as any supervisor does.
 
 The pipe's write end is held by the slot's worker and, after a fork, by the horse; a standby
-that reads end-of-file (its slot and that horse are gone, or the horse handed its run to
-another) exits having run nothing. A standby that cannot take the run (dead, or gone
-meanwhile) makes the horse start a supervisor of its own: never a lost run. And a standby
-woken late (stopped, then continued) cannot start FFmpeg for a run its horse gave up on: the
-launch is claimed once, in the run directory (``RunDir.claim_launch``)."""
+that reads end-of-file (its slot is gone, or the horse ended without a run to hand it) exits
+having run nothing. A standby that is dead when the horse hands it the run makes the horse
+start a supervisor of its own; one that dies just after taking it is seen as a supervisor
+that died (``runner_died``, retried). And a standby woken late (stopped, then continued)
+cannot start FFmpeg for a run its horse gave up on: the launch is claimed once, in the run
+directory (``RunDir.claim_launch``)."""
 
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ class Standby:
                 (os.POSIX_SPAWN_OPEN, 2, os.devnull, os.O_WRONLY, 0),
             ]
             argv = supervisor_argv("agent.standby")
-            env = dict(os.environ)
+            env = {k: v for k, v in os.environ.items() if k != "RQ_JOB_ID"}  # RQ's, of the last job
             pid = os.posix_spawn(argv[0], argv, env, file_actions=actions, setsid=True, setsigmask=())
         except BaseException:
             os.close(w)

@@ -1,15 +1,18 @@
 """Group commit for single submissions: the ``POST /jobs`` requests that arrive while one
 submission is being written share the next one MULTI (``ffrtmp.submit.submit_many``), so that
 many clients submitting one job each cost about what one batch of their jobs costs. A lone
-request is written at once, as before. Each request still gets its own answer: a group that is
-refused as a whole (a pinned node that cannot take its job) is written again one request at a
-time, so one request's mistake is never another's; a Redis error fails every request of the
-group, none of whose jobs was enqueued (the MULTI is all or nothing)."""
+request is written at once, as before. Each request still gets its own answer: where a group
+is refused for one of its jobs (a pinned node that cannot take it), that request gets the
+refusal and the rest are written again without it, so one request's mistake is never
+another's; a Redis error fails every request of the group, as it would have failed each alone
+(the MULTI is all or nothing; where its reply was lost, whether it took effect is as unknown as
+for a single request, which is what ``Idempotency-Key`` is for)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -37,31 +40,65 @@ class SubmitGroups:
         return await fut
 
     async def _write_all(self) -> None:
+        group: list[tuple[JobSpec, asyncio.Future[dict[str, Any]]]] = []
         try:
             while self._pending:
                 group, self._pending = self._pending[:MAX_GROUP], self._pending[MAX_GROUP:]
                 await self._write(group)
+        except BaseException as exc:  # cancelled, or a bug: no request is left waiting for ever
+            for _, fut in group + self._pending:
+                _answer(fut, exc=exc if isinstance(exc, Exception) else RuntimeError("submission stopped"))
+            self._pending = []
+            raise
         finally:
             self._writer = None
 
     async def _write(self, group: list[tuple[JobSpec, asyncio.Future[dict[str, Any]]]]) -> None:
-        try:
-            views = await self._run(
-                submit_many, self._conn, [s for s, _ in group], self._defaults, numbered=False
-            )
-        except SubmissionError as exc:
-            if len(group) == 1:
-                _answer(group[0][1], exc=exc)
+        while group:
+            try:
+                views = await self._run(
+                    submit_many, self._conn, [s for s, _ in group], self._defaults, numbered=True
+                )
+            except SubmissionError as exc:
+                i = _item_index(exc.field)
+                if i is None or i >= len(group):
+                    for item in group:  # whose it was is not said: each alone, with its own answer
+                        await self._write_alone(item)
+                    return
+                _answer(group[i][1], exc=SubmissionError(_unnumbered(exc.field), exc.message))
+                group = group[:i] + group[i + 1 :]
+                continue
+            except Exception as exc:
+                for _, fut in group:
+                    _answer(fut, exc=exc)
                 return
-            for item in group:  # whose it was: each alone, with its own answer
-                await self._write([item])
+            for (_, fut), view in zip(group, views, strict=True):
+                _answer(fut, view)
             return
+
+    async def _write_alone(self, item: tuple[JobSpec, asyncio.Future[dict[str, Any]]]) -> None:
+        spec, fut = item
+        try:
+            (view,) = await self._run(submit_many, self._conn, [spec], self._defaults, numbered=False)
         except Exception as exc:
-            for _, fut in group:
-                _answer(fut, exc=exc)
+            _answer(fut, exc=exc)
             return
-        for (_, fut), view in zip(group, views, strict=True):
-            _answer(fut, view)
+        _answer(fut, view)
+
+
+_ITEM = re.compile(r"jobs\[(\d+)\]\.?(.*)")
+
+
+def _item_index(field: str | None) -> int | None:
+    """The item a numbered refusal names (``jobs[3].node`` -> 3), if any."""
+    m = _ITEM.fullmatch(field or "")
+    return int(m.group(1)) if m else None
+
+
+def _unnumbered(field: str | None) -> str | None:
+    """``jobs[3].node`` -> ``node``: the field as a single submission names it."""
+    m = _ITEM.fullmatch(field or "")
+    return (m.group(2) or None) if m else field
 
 
 def _answer(fut: asyncio.Future[dict[str, Any]], view: Any = None, exc: BaseException | None = None) -> None:

@@ -8,7 +8,9 @@ whoever watches the run), ``started.json`` (supervisor and FFmpeg pids, start ti
 ``progress.json`` (the last ``-progress`` block), ``stderr.log`` / ``stderr.tail``,
 ``exit.json`` (how FFmpeg ended), ``runner.log`` (the supervisor's own errors), ``launch``
 (created once, exclusively: by the supervisor just before it starts FFmpeg, or by whoever gave
-up on the run before that, so that a supervisor woken late never starts it).
+up on the run before that, so that a supervisor woken late never starts it),
+``concluding.json`` (the process that verifies and publishes the output once FFmpeg exited
+cleanly, when that is no longer the slot's horse: a drain waits for it).
 A segmented job's attempt follows its segments before it starts any FFmpeg: ``follow.json``
 (since when) says so until the join starts or the attempt ends, so that an agent restarted
 under it follows them again rather than lose the attempt.
@@ -134,6 +136,11 @@ class RunDir:
         return [rd for rd in cls.all(work_dir) if rd.is_live()]
 
     @classmethod
+    def busy(cls, work_dir: str) -> list[RunDir]:
+        """What this host still works on: live runs, and those whose output is being settled."""
+        return [rd for rd in cls.all(work_dir) if rd.is_live() or rd.concluding()]
+
+    @classmethod
     def adoptable(cls, work_dir: str) -> list[RunDir]:
         """What a restarted agent takes over: live runs, and attempts following segments."""
         return [rd for rd in cls.all(work_dir) if rd.is_live() or rd.following() is not None]
@@ -229,6 +236,17 @@ class RunDir:
         except OSError:
             return 0.0
 
+    def mark_concluding(self) -> None:
+        write_json_atomic(self.file("concluding.json"), {"pid": os.getpid(), "time": time.time()})
+
+    def concluding(self) -> bool:
+        """Is the process that settles this run's output (``mark_concluding``) still at it?"""
+        data = read_json(self.file("concluding.json"))
+        try:
+            return data is not None and process_alive(int(data["pid"]), float(data["time"]))
+        except (KeyError, TypeError, ValueError):
+            return False
+
     def claim_launch(self, by: str) -> bool:
         """Take the one right to decide whether FFmpeg starts (``by``: who took it). False when
         it was taken already: by the supervisor (FFmpeg is starting or started) or by a watcher
@@ -269,8 +287,9 @@ class RunDir:
 
     def kill_run(self, wait_s: float) -> bool:
         """SIGKILL the supervisor's session (FFmpeg is in it, and dies with the supervisor in
-        any case) and wait until both are gone. True once that is proven; a run that never
-        got as far as forking its supervisor is waited for up to ``wait_s`` too."""
+        any case) and wait until both are gone. True once that is proven. A run whose
+        supervisor has not taken it yet is denied its launch (``claim_launch``) and is done at
+        once; one written by an agent that knew no launch claim is waited for up to ``wait_s``."""
         deadline = time.monotonic() + wait_s
         while True:
             sup = self.supervisor()

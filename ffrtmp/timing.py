@@ -9,6 +9,7 @@ PROGRESS_SAVE_S = 1.0  # progress mirrored into Redis at most this often
 LEASE_POLL_S = 0.5  # lease and cancel checked this often
 START_DEADLINE_S = 30.0  # the supervisor must have started FFmpeg by then
 STOP_WAIT_S = 5.0  # how long a watcher waits for a killed run to be gone
+SETTLE_DEADLINE_S = 600.0  # verifying, publishing and recording an end renew the execution this long
 LOG_TAIL_BYTES = 16 * 1024
 RETRY_ELSEWHERE_S = 5.0  # a node leaves a job it just failed to other nodes for this long
 RETRY_BACKOFF_S = 2.0  # after a platform failure no node takes the job for this long, doubling

@@ -30,7 +30,7 @@ KINDS = {  # a fleet process, by what its command line starts with
     "coordinator": ("ffrtmp-coordinator", "coordinator.main"),
     "agent": ("ffrtmp-agent", "agent.main"),
     "slot": ("agent.slot",),
-    "supervisor": ("agent.runner",),
+    "supervisor": ("agent.runner", "agent.standby"),
     "ffmpeg": ("ffmpeg ", "/ffmpeg"),
 }
 

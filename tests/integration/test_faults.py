@@ -375,6 +375,15 @@ def test_the_slot_moves_on_while_an_output_is_verified_and_a_killed_verifier_is_
     wait_view(conn, nxt["id"], lambda v: v["state"] in ("running", "completed"))
     assert get_view(conn, slow["id"])["state"] == "running"
     verifier = psutil.Process(int(pidfile.read_text()))
+    # the agent still counts the job as its work (a drain waits for it), from its heartbeats
+    deadline = time.monotonic() + 10 * HB_S + 5
+    def reported() -> list[str]:  # the agent's own record, not the lifecycle's index
+        record = json.loads(conn.get("ffrtmp:node:v1") or b"{}")
+        return [r.get("job") for r in record.get("running") or []]
+
+    while slow["id"] not in reported():
+        assert time.monotonic() < deadline, reported()
+        time.sleep(0.1)
     agent_tree = {p.pid for p in tree(cluster.agents["v1"][0].pid)}
     assert verifier.pid not in agent_tree  # not a horse of the worker any more
     for p in [verifier, *verifier.children(recursive=True)]:
