@@ -13,7 +13,7 @@ import select
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC
 from typing import Any
@@ -117,9 +117,6 @@ class Attempt:
         self.own_runner = False  # started by this process (reaped here), not by a standby
         self._pidfd: int | None = None  # the supervisor's, while the run is watched
         self.adopted = False
-        # set by the horse: called once FFmpeg exited cleanly, before the output is verified
-        self.leave_slot: Callable[[], bool] | None = None
-        self.left_slot = False
         self.input_sig: tuple[int, int, int] | None = None
         self.input_bytes = 0
         self.expected_s: float | None = None
@@ -137,12 +134,8 @@ class Attempt:
             raise Fenced(str(exc)) from None
 
     def _patience(self) -> float:
-        """How long a write that must not be lost is retried through a Redis outage: the lease's
-        lifetime; once the slot was left (``leave_slot``), the execution's TTL, past which
-        recovery may requeue the job anyway: a fork that outlived its agent and its Redis
-        does not linger for hours."""
-        if self.left_slot:
-            return float(timing.execution_ttl(self.ctx.heartbeat_interval))
+        """How long a write that must not be lost is retried through a Redis outage: the
+        lease's lifetime (a finished encode is not thrown away for an outage)."""
         return float(timing.lease_ttl(self.timeout, self.grace))
 
     def _end(self, end: Ending) -> None:
@@ -533,10 +526,6 @@ class Attempt:
         if verdict is not None:
             self._settle(plan, exit_info, ws, verdict)
             return
-        if self.leave_slot is not None and plan.tmp_output:
-            self.left_slot = self.leave_slot()  # verifying needs FFmpeg's slot no more
-            if self.left_slot:
-                self.rd.mark_concluding()  # a drain waits for this process too
         with self._renewing():
             self._settle(plan, exit_info, ws, self._check_output(plan))
 
@@ -573,9 +562,9 @@ class Attempt:
     @contextlib.contextmanager
     def _renewing(self) -> Iterator[None]:
         """Keep the RQ execution alive while the output is verified, published and the end
-        recorded (a long ffprobe of a big ladder), also where no worker renews it any more
-        (``leave_slot``); for ``timing.SETTLE_DEADLINE_S`` at most, after which a settling
-        stuck on a hung mount lets the execution expire and recovery run the job again."""
+        recorded (a long ffprobe of a big ladder), also for an adopted run that no worker
+        renews; for ``timing.SETTLE_DEADLINE_S`` at most, after which a settling stuck on a
+        hung mount lets the execution expire and recovery run the job again."""
         done = threading.Event()
         until = time.monotonic() + timing.SETTLE_DEADLINE_S
 

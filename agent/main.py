@@ -105,9 +105,9 @@ class Agent:
         )
 
     def active_runs(self) -> list[dict[str, Any]]:
-        """FFmpeg runs alive on this host, and those whose output is still being settled."""
+        """FFmpeg runs alive on this host (the same scan re-adoption uses)."""
         out = []
-        for rd in RunDir.busy(self.cfg.work_dir):
+        for rd in RunDir.live(self.cfg.work_dir):
             st = rd.started() or {}
             out.append(
                 {
@@ -323,17 +323,6 @@ class Agent:
         for t in self.adopted:
             await asyncio.to_thread(t.join, max(0.0, deadline - time.monotonic()))
 
-    async def wait_concluding(self, drain_timeout: float) -> None:
-        """Outputs still being verified and published by the forks that left their slots
-        (``agent.task``) are waited for as the slots' jobs are (bounded by the drain timeout)."""
-        deadline = time.monotonic() + drain_timeout
-
-        def settling() -> bool:
-            return any(rd.concluding() for rd in RunDir.all(self.cfg.work_dir))
-
-        while time.monotonic() < deadline and await asyncio.to_thread(settling):
-            await asyncio.sleep(0.1)
-
     async def stop_slots(self, drain_timeout: float) -> None:
         """Warm shutdown: idle slots stop at once, busy ones finish their job (bounded by the
         drain timeout). A second SIGTERM after the timeout is RQ's cold shutdown: it kills the
@@ -519,7 +508,6 @@ class Agent:
             await asyncio.to_thread(self.heartbeat)
         await self.stop_slots(drain_timeout)
         await self.wait_adopted(drain_timeout)
-        await self.wait_concluding(drain_timeout)
         if self.handover:  # the next agent gets a whole orphan deadline from now to adopt them
             for rd in await asyncio.to_thread(RunDir.live, cfg.work_dir):
                 rd.touch_owner()

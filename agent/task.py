@@ -38,7 +38,6 @@ def run_job(spec: dict[str, Any], segment: dict[str, Any] | None = None) -> None
             lifecycle.finish(job.connection, lease, lifecycle.Ending("rejected", "invalid_spec", str(exc)))
         logging.shutdown()
         os._exit(0)
-    attempt.leave_slot = _leave_slot
     try:
         attempt.run()
     except Fenced as exc:
@@ -51,23 +50,3 @@ def run_job(spec: dict[str, Any], segment: dict[str, Any] | None = None) -> None
     # The lifecycle has recorded everything: leave before RQ writes its own view of the end.
     logging.shutdown()
     os._exit(0)
-
-
-def _leave_slot() -> bool:
-    """FFmpeg exited cleanly and what is left is to verify its output, publish it and record
-    the end: a fork of this horse does that, and the horse exits 0 now, so its slot starts the
-    next job without waiting for an ffprobe. Returns in the fork, which finishes the attempt
-    under its lease as the horse would have (renewing the RQ execution meanwhile); it is no
-    horse of the worker any more and outlives it, as the run supervisor does (the agent's own
-    stop waits for it: ``concluding.json``). If it dies before the end is recorded, the job's
-    execution expires and recovery runs the job again (FFmpeg is gone; an output it had
-    already published is this job's own, which the retry replaces). Without a fork the horse
-    finishes itself (False)."""
-    try:
-        pid = os.fork()
-    except OSError:
-        return False
-    if pid:
-        os._exit(0)  # RQ takes a clean exit as the job done: the lifecycle records the rest
-    os.setsid()  # out of the horse's process group, which a cold stop of the slot kills
-    return True

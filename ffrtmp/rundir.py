@@ -8,9 +8,7 @@ whoever watches the run), ``started.json`` (supervisor and FFmpeg pids, start ti
 ``progress.json`` (the last ``-progress`` block), ``stderr.log`` / ``stderr.tail``,
 ``exit.json`` (how FFmpeg ended), ``runner.log`` (the supervisor's own errors), ``launch``
 (created once, exclusively: by the supervisor just before it starts FFmpeg, or by whoever gave
-up on the run before that, so that a supervisor woken late never starts it),
-``concluding.json`` (the process that verifies and publishes the output once FFmpeg exited
-cleanly, when that is no longer the slot's horse: a drain waits for it).
+up on the run before that, so that a supervisor woken late never starts it).
 A segmented job's attempt follows its segments before it starts any FFmpeg: ``follow.json``
 (since when) says so until the join starts or the attempt ends, so that an agent restarted
 under it follows them again rather than lose the attempt.
@@ -136,11 +134,6 @@ class RunDir:
         return [rd for rd in cls.all(work_dir) if rd.is_live()]
 
     @classmethod
-    def busy(cls, work_dir: str) -> list[RunDir]:
-        """What this host still works on: live runs, and those whose output is being settled."""
-        return [rd for rd in cls.all(work_dir) if rd.is_live() or rd.concluding()]
-
-    @classmethod
     def adoptable(cls, work_dir: str) -> list[RunDir]:
         """What a restarted agent takes over: live runs, and attempts following segments."""
         return [rd for rd in cls.all(work_dir) if rd.is_live() or rd.following() is not None]
@@ -235,17 +228,6 @@ class RunDir:
             return time.time() - os.stat(self.file("owner")).st_mtime
         except OSError:
             return 0.0
-
-    def mark_concluding(self) -> None:
-        write_json_atomic(self.file("concluding.json"), {"pid": os.getpid(), "time": time.time()})
-
-    def concluding(self) -> bool:
-        """Is the process that settles this run's output (``mark_concluding``) still at it?"""
-        data = read_json(self.file("concluding.json"))
-        try:
-            return data is not None and process_alive(int(data["pid"]), float(data["time"]))
-        except (KeyError, TypeError, ValueError):
-            return False
 
     def claim_launch(self, by: str) -> bool:
         """Take the one right to decide whether FFmpeg starts (``by``: who took it). False when

@@ -1,6 +1,7 @@
 """Group commit of single submissions (``coordinator.grouping``) on a real Redis: concurrent
 requests share MULTIs, and every request still gets its own answer: a bad one in a group fails
-alone (the rest written together again), a Redis error fails the group's requests and enqueues none of their jobs."""
+alone (the rest are written together again), a Redis error fails the group's requests and
+enqueues none of their jobs."""
 
 from __future__ import annotations
 
