@@ -563,8 +563,8 @@ class Attempt:
     def _renewing(self) -> Iterator[None]:
         """Keep the RQ execution alive while the output is verified, published and the end
         recorded (a long ffprobe of a big ladder), also for an adopted run that no worker
-        renews; for ``timing.SETTLE_DEADLINE_S`` at most, after which a settling stuck on a
-        hung mount lets the execution expire and recovery run the job again."""
+        renews; for ``timing.SETTLE_DEADLINE_S`` at most, after which the settling of such a
+        run, stuck on a hung mount, lets the execution expire and recovery run the job again."""
         done = threading.Event()
         until = time.monotonic() + timing.SETTLE_DEADLINE_S
 
