@@ -524,15 +524,17 @@ class Attempt:
         network = url if isinstance(url, str) and is_url(url) else None
         verdict = classify_exit(exit_info, ws.stop_reason, tail, self.grace, self.ctx.stall_after, network)
         if verdict is not None:
-            self._settle(plan, exit_info, ws, verdict)
+            self._settle(plan, exit_info, ws, tail, verdict)
             return
         with self._renewing():
-            self._settle(plan, exit_info, ws, self._check_output(plan))
+            self._settle(plan, exit_info, ws, tail, self._check_output(plan))
 
-    def _settle(self, plan: Plan, exit_info: dict[str, Any], ws: WatchState, verdict: Verdict) -> None:
-        """Record how the attempt ended (its output published first where it completed)."""
+    def _settle(
+        self, plan: Plan, exit_info: dict[str, Any], ws: WatchState, tail: str, verdict: Verdict
+    ) -> None:
+        """Record how the attempt ended (its output published first where it completed);
+        ``tail``: the end of FFmpeg's stderr, as the verdict read it."""
         assert self.rd is not None
-        tail = self.rd.stderr_tail(4096)
         rc = exit_info.get("returncode") if isinstance(exit_info.get("returncode"), int) else None
         progress = self.rd.progress()
         if verdict.reason == "output_disk_full" and plan.tmp_output:

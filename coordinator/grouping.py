@@ -11,7 +11,6 @@ for a single request, which is what ``Idempotency-Key`` is for)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -61,13 +60,16 @@ class SubmitGroups:
                 )
             except SubmissionError as exc:
                 i = _item_index(exc.field)
-                if i is None or i >= len(group):
-                    for item in group:  # whose it was is not said: each alone, with its own answer
-                        await self._write_alone(item)
+                if i is not None and i < len(group):
+                    _answer(group[i][1], exc=SubmissionError(_unnumbered(exc.field), exc.message))
+                    group = group[:i] + group[i + 1 :]
+                    continue
+                if len(group) == 1:
+                    _answer(group[0][1], exc=exc)
                     return
-                _answer(group[i][1], exc=SubmissionError(_unnumbered(exc.field), exc.message))
-                group = group[:i] + group[i + 1 :]
-                continue
+                for item in group:  # whose it was is not said: each alone, with its own answer
+                    await self._write([item])
+                return
             except Exception as exc:
                 for _, fut in group:
                     _answer(fut, exc=exc)
@@ -75,15 +77,6 @@ class SubmitGroups:
             for (_, fut), view in zip(group, views, strict=True):
                 _answer(fut, view)
             return
-
-    async def _write_alone(self, item: tuple[JobSpec, asyncio.Future[dict[str, Any]]]) -> None:
-        spec, fut = item
-        try:
-            (view,) = await self._run(submit_many, self._conn, [spec], self._defaults, numbered=False)
-        except Exception as exc:
-            _answer(fut, exc=exc)
-            return
-        _answer(fut, view)
 
 
 _ITEM = re.compile(r"jobs\[(\d+)\]\.?(.*)")
@@ -105,8 +98,7 @@ def _answer(fut: asyncio.Future[dict[str, Any]], view: Any = None, exc: BaseExce
     """Settle one request's future, unless its client went away (cancelled) meanwhile."""
     if fut.done():
         return
-    with contextlib.suppress(asyncio.InvalidStateError):
-        if exc is not None:
-            fut.set_exception(exc)
-        else:
-            fut.set_result(view)
+    if exc is not None:
+        fut.set_exception(exc)
+    else:
+        fut.set_result(view)
